@@ -1,0 +1,1 @@
+"""Latency and accuracy benchmarks. Filled by the benchmark issues."""

@@ -1,0 +1,1 @@
+"""PyTorch model code shared by `train` and `export`: presets, configs, tokenizer, image conversions."""

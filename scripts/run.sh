@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One command from a fresh clone: create .venv, install, then run the demo or the tests.
+#   bash scripts/run.sh demo     # set up, then run the demo (writes demo_out/)
+#   bash scripts/run.sh test     # set up, then lint and run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-}"
+if [[ "$what" != "demo" && "$what" != "test" ]]; then
+  echo "usage: bash scripts/run.sh demo|test" >&2
+  exit 2
+fi
+
+PY="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch first, pinned: a looser requirement can pull a multi-GB CUDA build.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[train,export,dev]"
+
+if [[ "$what" == "demo" ]]; then
+  python scripts/demo.py --out demo_out
+else
+  ruff check .
+  python -m pytest -q
+fi

@@ -1,0 +1,120 @@
+"""Stage 2 of the synth base: a text-conditioned latent diffusion model on the world's captions.
+
+The small CLIP text encoder and the UNet are trained together on the denoising loss (as the
+original LDM trained its text transformer), epsilon prediction on SD's noise schedule, with
+10 % of captions dropped to the empty prompt so classifier-free guidance works.
+Training latents come from a fixed pool of scenes encoded once by the frozen VAE; each step
+samples the stored posterior, so the UNet sees the VAE's noise as SD's did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from modeling import configs
+from modeling.imaging import images_to_tensor
+from modeling.tokenizer import MAX_LENGTH
+from segdata.world import SyntheticWorld
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.loop import LossLog, cosine_lr, seed_step, set_lr
+
+LDM_SPLIT = 11  # scene keys (LDM_SPLIT, 0, i) of the latent pool
+
+
+@dataclass
+class LdmRecipe:
+    steps: int = 1200
+    batch_size: int = 32
+    pool_size: int = 6000
+    lr: float = 3e-4
+    warmup: int = 50
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 200
+
+
+@torch.no_grad()
+def encode_pool(vae: AutoencoderKL, world: SyntheticWorld, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Posterior (mean, std) of `size` scenes, each (N, 4, h, w) unscaled, and their captions."""
+    means, stds, captions = [], [], []
+    for start in tqdm(range(0, size, 64), desc="encoding the latent pool", unit="batch"):
+        scenes = [world.scene((LDM_SPLIT, 0, i)) for i in range(start, min(size, start + 64))]
+        dist = vae.encode(images_to_tensor(np.stack([s.image for s in scenes]))).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+        captions += [s.caption for s in scenes]
+    return torch.cat(means), torch.cat(stds), captions
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """(B, 77) int64 token ids, padded with 0."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def new_text_encoder(tokenizer) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **configs.SYNTH_TEXT_ENCODER))
+
+
+def train_ldm(
+    vae: AutoencoderKL, tokenizer, world: SyntheticWorld, run_dir: Path, recipe: LdmRecipe, seed: int
+) -> tuple[CLIPTextModel, UNet2DConditionModel]:
+    """Trains (or resumes) the text encoder and UNet; saved to run_dir/{text_encoder,unet}."""
+    if (run_dir / "unet" / "config.json").exists():
+        return (
+            CLIPTextModel.from_pretrained(run_dir / "text_encoder", local_files_only=True),
+            UNet2DConditionModel.from_pretrained(run_dir / "unet", local_files_only=True),
+        )
+    torch.manual_seed(seed)
+    text_encoder, unet = new_text_encoder(tokenizer), UNet2DConditionModel(**configs.SYNTH_UNET)
+    modules = {"text_encoder": text_encoder, "unet": unet}
+    params = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
+    scheduler = DDPMScheduler.from_config(configs.SD_SCHEDULER)
+    ckpt, log = run_dir / "checkpoints" / "ldm", LossLog(run_dir / "logs" / "ldm.jsonl")
+    start = 0
+    if ckpt.exists():
+        start, _ = load_checkpoint(ckpt, modules, optimizer)
+        log.truncate_after(start)
+        print(f"resuming the text encoder and UNet at step {start}")
+
+    vae.eval().requires_grad_(False)
+    means, stds, captions = encode_pool(vae, world, recipe.pool_size)
+    ids = tokenize(tokenizer, captions)
+    empty = tokenize(tokenizer, [""])
+    scale = vae.config.scaling_factor
+
+    for m in modules.values():
+        m.train()
+    bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, desc="text encoder + UNet", unit="step")
+    for step in bar:
+        seed_step(seed, 2, step)
+        set_lr(optimizer, cosine_lr(step, recipe.steps, recipe.lr, recipe.warmup))
+        idx = torch.randint(0, len(captions), (recipe.batch_size,))
+        z0 = (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scale  # [B, 4, h, w]
+        tokens = ids[idx].clone()
+        tokens[torch.rand(recipe.batch_size) < recipe.caption_dropout] = empty
+        noise = torch.randn_like(z0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.batch_size,))
+        pred = unet(scheduler.add_noise(z0, noise, t), t, text_encoder(tokens)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 10 == 0 or step == recipe.steps - 1:
+            log.write(step, loss=loss.item())
+        if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.steps:
+            save_checkpoint(ckpt, step + 1, modules, optimizer)
+    for name, module in modules.items():
+        module.eval().save_pretrained(run_dir / name)
+    return text_encoder, unet

@@ -1,0 +1,62 @@
+"""Resumable training state stored as safetensors (never pickles).
+
+A checkpoint is a folder with `state.safetensors` (module weights and the optimizer's tensors,
+flattened) and `state.json` (step, optimizer hyper-parameters, non-tensor optimizer state).
+It is written to a temporary folder and renamed, so an interrupted save never leaves a broken
+checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def save_checkpoint(
+    folder: Path, step: int, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, extra=None
+) -> None:
+    """Atomically writes the training state at `step` to `folder` (replacing an older one)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            tensors[f"module.{name}.{key}"] = value.detach().contiguous()
+    optim_state = optimizer.state_dict()
+    scalars: dict[str, dict] = {}
+    for index, state in optim_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value.detach().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    meta = {"step": step, "param_groups": optim_state["param_groups"], "optim_scalars": scalars, "extra": extra or {}}
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def load_checkpoint(
+    folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer
+) -> tuple[int, dict]:
+    """Restores modules and optimizer from `folder`; returns (step, extra)."""
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "state.safetensors"))
+    for name, module in modules.items():
+        prefix = f"module.{name}."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in meta["optim_scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), meta.get("extra", {})
