@@ -101,13 +101,9 @@ SD21_UNET = dict(
     norm_num_groups=32,
 )
 SD21_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
+    SYNTH_VAE,
     block_out_channels=(128, 256, 512, 512),
     layers_per_block=2,
-    latent_channels=4,
     norm_num_groups=32,
     sample_size=768,
     scaling_factor=0.18215,

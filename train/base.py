@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "command": "python -m train.base " + " ".join(sys.argv[1:] if argv is None else argv),
                 "seed": args.seed,
+                "torch_threads": torch.get_num_threads(),
                 "vae": asdict(vae_recipe),
                 "ldm": asdict(ldm_recipe),
             },

@@ -22,6 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from modeling import configs
 from modeling.imaging import images_to_tensor
 from modeling.tokenizer import MAX_LENGTH
+from segdata.categories import NUM_CATEGORIES
 from segdata.world import SyntheticWorld
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.loop import LossLog, cosine_lr, seed_step, set_lr
@@ -31,21 +32,31 @@ LDM_SPLIT = 11  # scene keys (LDM_SPLIT, 0, i) of the latent pool
 
 @dataclass
 class LdmRecipe:
-    steps: int = 1200
-    batch_size: int = 32
-    pool_size: int = 6000
-    lr: float = 3e-4
+    steps: int = 1600
+    batch_size: int = 16
+    pool_size: int = 4000
+    single_object_fraction: float = 0.5  # large single objects teach each name's look fastest
+    lr: float = 6e-4
     warmup: int = 50
     caption_dropout: float = 0.1
     checkpoint_every: int = 200
 
 
+def pool_scene(world: SyntheticWorld, i: int, single_object_fraction: float):
+    """Scene i of the latent pool: a single large object (cycling through the categories) or a full scene."""
+    if (i % 100) < single_object_fraction * 100:
+        return world.part_scene((LDM_SPLIT, 1, i), i % NUM_CATEGORIES)
+    return world.scene((LDM_SPLIT, 0, i))
+
+
 @torch.no_grad()
-def encode_pool(vae: AutoencoderKL, world: SyntheticWorld, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Posterior (mean, std) of `size` scenes, each (N, 4, h, w) unscaled, and their captions."""
+def encode_pool(
+    vae: AutoencoderKL, world: SyntheticWorld, size: int, single_object_fraction: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Posterior (mean, std) of `size` pool scenes, each (N, 4, h, w) unscaled, and their captions."""
     means, stds, captions = [], [], []
     for start in tqdm(range(0, size, 64), desc="encoding the latent pool", unit="batch"):
-        scenes = [world.scene((LDM_SPLIT, 0, i)) for i in range(start, min(size, start + 64))]
+        scenes = [pool_scene(world, i, single_object_fraction) for i in range(start, min(size, start + 64))]
         dist = vae.encode(images_to_tensor(np.stack([s.image for s in scenes]))).latent_dist
         means.append(dist.mean)
         stds.append(dist.std)
@@ -87,7 +98,7 @@ def train_ldm(
         print(f"resuming the text encoder and UNet at step {start}")
 
     vae.eval().requires_grad_(False)
-    means, stds, captions = encode_pool(vae, world, recipe.pool_size)
+    means, stds, captions = encode_pool(vae, world, recipe.pool_size, recipe.single_object_fraction)
     ids = tokenize(tokenizer, captions)
     empty = tokenize(tokenizer, [""])
     scale = vae.config.scaling_factor

@@ -28,11 +28,12 @@ VAE_SPLIT = 10  # scene keys (VAE_SPLIT, step, j): never used by evaluation or D
 
 @dataclass
 class VaeRecipe:
-    steps: int = 1000
+    steps: int = 1500
     batch_size: int = 16
-    mask_fraction: float = 0.4  # share of each batch that is binary masks
+    mask_fraction: float = 0.5  # share of each batch that is binary masks
+    crops_per_scene: int = 2  # rendering a scene costs about as much as a training step on 2 crops
     crop: int = 64
-    lr: float = 5e-4
+    lr: float = 8e-4
     warmup: int = 50
     kl_weight: float = 1e-6
     checkpoint_every: int = 200
@@ -45,7 +46,7 @@ def vae_batch(world: SyntheticWorld, step: int, recipe: VaeRecipe) -> torch.Tens
     r, c = world.resolution, recipe.crop
     images, masks = [], []
     for j in range(recipe.batch_size):
-        scene = world.scene((VAE_SPLIT, step, j))
+        scene = world.scene((VAE_SPLIT, step, j // recipe.crops_per_scene))
         y, x = rng.integers(0, r - c + 1, size=2)
         if j < recipe.batch_size - n_masks:
             images.append(scene.image[y : y + c, x : x + c])
