@@ -28,7 +28,7 @@ def test_checkpoint_round_trip_restores_module_and_optimizer(tmp_path):
     opt.step()
     save_checkpoint(tmp_path / "ckpt", 7, {"m": model}, opt, extra={"note": 1})
     assert not (tmp_path / "ckpt.tmp").exists()
-    restored, restored_opt = torch.nn.Linear(3, 2), torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=1)
+    restored = torch.nn.Linear(3, 2)
     restored_opt = torch.optim.AdamW(restored.parameters(), lr=1)
     step, extra = load_checkpoint(tmp_path / "ckpt", {"m": restored}, restored_opt)
     assert step == 7 and extra == {"note": 1}

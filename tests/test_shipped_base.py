@@ -5,16 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from modeling.presets import SYNTH_BASE_DIR, build_model
 from segdata.world import SyntheticWorld
 from train.base_eval import EVAL_SPLIT, reconstruction_figures
-
-pytestmark = pytest.mark.skipif(
-    not (SYNTH_BASE_DIR / "model_index.json").exists(), reason="the embedded synth base is not in this checkout"
-)
 
 
 def test_shipped_folder_is_small_and_pickle_free():
