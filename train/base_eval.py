@@ -169,7 +169,6 @@ def evaluate_and_write_card(run_dir: Path, model_dir: Path, world: SyntheticWorl
         "wall_time_s": timings,
         "recipe": recipe,
         "parameters": _parameter_counts(components),
-        "torch_threads": torch.get_num_threads(),
     }
     (model_dir / "metrics.json").write_text(json.dumps(report, indent=1))
     (model_dir / "README.md").write_text(model_card(report))
@@ -191,6 +190,7 @@ at toy width, pretrained from scratch on the toolkit's procedural world (`segdat
 Weights are stored in fp16 safetensors; load them in fp32:
 
 ```python
+import torch
 from modeling.presets import build_model
 components = build_model("synth")
 # or with diffusers alone:
@@ -255,7 +255,7 @@ def _conditioning_verdict(f: dict) -> str:
 
 
 def _colour_verdict(f: dict) -> str:
-    if f.get("object_colour_error", 0) <= 15:
+    if f["object_colour_error"] <= 15:
         return ""
     return (
         " The VAE round-trips masks well, but it has not learned colour yet: reconstructed objects keep "
@@ -264,8 +264,7 @@ def _colour_verdict(f: dict) -> str:
 
 
 def torch_threads_line(report: dict) -> str:
-    threads = report["recipe"].get("torch_threads", report["torch_threads"])
-    return f"{threads} torch threads"
+    return f"{report['recipe']['torch_threads']} torch threads"
 
 
 def _fmt(values: dict) -> str:
