@@ -15,7 +15,7 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1]."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected (B, H, W, 3) uint8 images, got {images.shape} {images.dtype}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return torch.tensor(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # a copy: inputs may be read-only
 
 
 def masks_to_tensor(masks: np.ndarray) -> torch.Tensor:

@@ -190,3 +190,17 @@ def _build_categories() -> tuple[Category, ...]:
 
 CATEGORIES: tuple[Category, ...] = _build_categories()
 NUM_CATEGORIES = len(CATEGORIES)
+
+
+def appearance_variants(families: tuple[ShapeFamily, ...]) -> tuple[Category, ...]:
+    """Every (family, colour, pattern) combination of `families`, indexed in that order.
+
+    Few-shot training on these instead of the 24 fixed categories gives many more classes
+    (32 per family), so a model cannot memorise a handful of classes and must read the support.
+    """
+    variants = []
+    for family in families:
+        for colour in COLOURS:
+            for pattern in PATTERNS:
+                variants.append(Category(len(variants), family, colour, pattern))
+    return tuple(variants)

@@ -40,16 +40,16 @@ class Episode:
         category: the target class id.
         query_image: (H, W, 3) uint8.
         query_mask: (H, W) uint8 in {0, 1}.
-        support_images: (k, H, W, 3) uint8.
-        support_masks: (k, H, W) uint8 in {0, 1}.
+        support_images: k images, each (H_i, W_i, 3) uint8 (real data sets mix sizes).
+        support_masks: k masks, each (H_i, W_i) uint8 in {0, 1}.
         query_id, support_ids: image ids in the source, for bookkeeping.
     """
 
     category: int
     query_image: np.ndarray
     query_mask: np.ndarray
-    support_images: np.ndarray
-    support_masks: np.ndarray
+    support_images: list[np.ndarray]
+    support_masks: list[np.ndarray]
     query_id: int
     support_ids: tuple[int, ...]
 
@@ -97,8 +97,8 @@ class EpisodeSampler:
             category=category,
             query_image=q_img,
             query_mask=(q_lab == category + 1).astype(np.uint8),
-            support_images=np.stack([img for img, _ in s]),
-            support_masks=np.stack([(lab == category + 1).astype(np.uint8) for _, lab in s]),
+            support_images=[img for img, _ in s],
+            support_masks=[(lab == category + 1).astype(np.uint8) for _, lab in s],
             query_id=query,
             support_ids=tuple(supports),
         )

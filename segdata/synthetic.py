@@ -9,6 +9,10 @@ Image pools are keyed by split, so no two pools share a scene:
     never sees a held-out category, not even as unlabelled background;
   * "val": scenes of every category, shared by all folds; episodes target the fold's held-out
     categories.
+
+`SyntheticVariantFewShot` is a training pool with many more classes: every colour x pattern
+variant of the shape families that have no held-out category (192 classes for a fold, against
+18 fixed training categories), so training episodes cannot be solved by memorising classes.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from segdata.categories import CATEGORIES
+from segdata.categories import CATEGORIES, appearance_variants
 from segdata.folds import held_out_categories, training_categories
 from segdata.world import Scene, SyntheticWorld
 
 SPLIT_KEYS = {"trn": 20, "val": 21}
+VARIANT_SPLIT_KEY = 22
 PART_SPLIT_KEY = 30
 PART_SPLITS = ("train", "val", "test")
 
@@ -43,9 +48,13 @@ class SyntheticFewShot:
         self.categories = list(training_categories(fold) if split == "trn" else held_out_categories(fold))
         self._allowed = self.categories if split == "trn" else None
         self._key_fold = fold if split == "trn" else 0
+        self._index_classes()
+
+    def _index_classes(self) -> None:
+        """Renders the pool once to list, per class, the scenes where it is visible."""
         self.scene = lru_cache(maxsize=4096)(self._scene)
         self._class_images: dict[int, list[int]] = {c: [] for c in self.categories}
-        for i in range(size):
+        for i in range(self.size):
             for c in self.scene(i).categories_present:
                 if c in self._class_images:
                     self._class_images[c].append(i)
@@ -64,6 +73,43 @@ class SyntheticFewShot:
 
     def image_name(self, image_id: int) -> str:
         return f"{self.split}_f{self._key_fold}_{image_id:06d}"
+
+
+class SyntheticVariantFewShot(SyntheticFewShot):
+    """A training pool whose classes are all appearance variants of the fold's training families.
+
+    A family with any held-out category is left out entirely, so no held-out category (not even
+    its shape) is ever seen. Class ids index `self.world.categories` (the variant table).
+
+    Args:
+        world: supplies resolution, seed and object count; the pool renders with the variant table.
+        fold: 0..3.
+        size: number of scenes.
+    """
+
+    def __init__(self, world: SyntheticWorld, fold: int, size: int = 4000):
+        held_out_families = {CATEGORIES[c].family.name for c in held_out_categories(fold)}
+        families = tuple(dict.fromkeys(c.family for c in CATEGORIES if c.family.name not in held_out_families))
+        variant_world = SyntheticWorld(
+            resolution=world.resolution,
+            seed=world.seed,
+            max_objects=world.max_objects,
+            categories=appearance_variants(families),
+        )
+        variant_world.min_visible_pixels = world.min_visible_pixels
+        self.world, self.fold, self.split, self.size = variant_world, fold, "variants", size
+        self.categories = list(range(len(variant_world.categories)))
+        self._allowed = None
+        self._key_fold = fold
+        self._index_classes()
+
+    def _scene(self, image_id: int) -> Scene:
+        if not 0 <= image_id < self.size:
+            raise IndexError(f"image id {image_id} outside the pool of {self.size}")
+        return self.world.scene((VARIANT_SPLIT_KEY, self._key_fold, image_id))
+
+    def image_name(self, image_id: int) -> str:
+        return f"variants_f{self._key_fold}_{image_id:06d}"
 
 
 class SyntheticParts:

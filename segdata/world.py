@@ -9,6 +9,9 @@ Example:
     scene = world.scene((0, 0, 17))
     scene.image            # (128, 128, 3) uint8
     scene.category_mask    # (128, 128) uint8: 0 background, c + 1 for CATEGORIES[c]
+
+A world can also draw from another category table (`categories=`), e.g. the appearance
+variants of some families that few-shot training uses for class diversity.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segdata.categories import CATEGORIES, NUM_CATEGORIES, Category
+from segdata.categories import CATEGORIES, Category
 
 _PATTERN_PERIOD_FRACTION = 1 / 6  # stripe / dot / check period, as a fraction of object size
 
@@ -82,6 +85,8 @@ class SyntheticWorld:
         max_objects: at most this many objects per scene (at least one).
         min_caption_pixels: an object is named in the caption (and counts as present for
             episode sampling) only if at least this fraction of the image shows it.
+        categories: the category table object ids index (default: the world's `CATEGORIES`);
+            at most 254 entries, so that category masks fit uint8.
     """
 
     def __init__(
@@ -90,12 +95,16 @@ class SyntheticWorld:
         seed: int = 0,
         max_objects: int = 4,
         min_visible_fraction: float = 0.01,
+        categories: Sequence[Category] = CATEGORIES,
     ):
+        if not 0 < len(categories) < 255:
+            raise ValueError(f"a world needs 1 to 254 categories (uint8 masks), got {len(categories)}")
         if resolution < 32:
             raise ValueError(f"resolution must be at least 32 pixels, got {resolution}")
         self.resolution = resolution
         self.seed = seed
         self.max_objects = max_objects
+        self.categories = tuple(categories)
         self.min_visible_pixels = max(1, int(min_visible_fraction * resolution * resolution))
 
     # ----------------------------------------------------------------- sampling
@@ -107,7 +116,7 @@ class SyntheticWorld:
         self, rng: np.random.Generator, categories: Sequence[int] | None = None
     ) -> tuple[PlacedObject, ...]:
         """Draws 1..max_objects objects of the allowed categories (all when None)."""
-        allowed = list(range(NUM_CATEGORIES)) if categories is None else list(categories)
+        allowed = list(range(len(self.categories))) if categories is None else list(categories)
         if not allowed:
             raise ValueError("sample_layout needs at least one allowed category")
         r = self.resolution
@@ -163,7 +172,7 @@ class SyntheticWorld:
         instance = np.zeros((r, r), np.uint8)
         parts = np.zeros((r, r), np.uint8)
         for i, obj in enumerate(objects):
-            rgb, labels = _object_sprite(CATEGORIES[obj.category], obj, rng)
+            rgb, labels = _object_sprite(self.categories[obj.category], obj, rng)
             _paste(image, instance, parts, rgb, labels, obj.centre, i + 1)
         category_mask = np.zeros((r, r), np.uint8)
         visible = []
@@ -172,7 +181,7 @@ class SyntheticWorld:
             category_mask[here] = obj.category + 1
             visible.append(int(here.sum()))
         named = [o for o, v in zip(objects, visible) if v >= self.min_visible_pixels]
-        caption = " and ".join(f"a {CATEGORIES[o.category].name}" for o in named)
+        caption = " and ".join(f"a {self.categories[o.category].name}" for o in named)
         return Scene(
             image=image,
             category_mask=category_mask,

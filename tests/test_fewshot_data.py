@@ -64,8 +64,8 @@ def test_episodes_follow_the_sampling_rules(val, shots):
         assert len(set(ep.support_ids)) == shots == ep.shots
         assert ep.query_id in val.images_of(ep.category)
         assert all(i in val.images_of(ep.category) for i in ep.support_ids)
-        assert ep.support_images.shape == (shots, 64, 64, 3)
-        assert ep.support_masks.shape == (shots, 64, 64)
+        assert np.stack(ep.support_images).shape == (shots, 64, 64, 3)
+        assert np.stack(ep.support_masks).shape == (shots, 64, 64)
         assert set(np.unique(ep.query_mask)) <= {0, 1} and ep.query_mask.any()
         assert all(m.any() for m in ep.support_masks)
         np.testing.assert_array_equal(ep.query_mask, val.load(ep.query_id)[1] == ep.category + 1)
@@ -96,3 +96,24 @@ def test_part_data_labels_name_background_then_parts(world):
     assert not np.array_equal(other[0][0], image)
     with pytest.raises(IndexError):
         parts[3]
+
+
+def test_variant_pool_has_many_classes_and_no_held_out_family(world):
+    from segdata.categories import CATEGORIES
+    from segdata.synthetic import SyntheticVariantFewShot
+
+    pool = SyntheticVariantFewShot(world, fold=1, size=60)
+    table = pool.world.categories
+    held_out_families = {CATEGORIES[c].family.name for c in held_out_categories(1)}
+    assert len(table) == 6 * 8 * 4 and not {c.family.name for c in table} & held_out_families
+    assert len({(c.family.name, c.colour, c.pattern) for c in table}) == len(table)
+    for i in range(10):
+        scene = pool.scene(i)
+        assert {table[o.category].family.name for o in scene.objects}.isdisjoint(held_out_families)
+        image, labels = pool.load(i)
+        for c in scene.categories_present:
+            assert i in pool.images_of(c) and (labels == c + 1).any()
+    again = SyntheticVariantFewShot(world, fold=1, size=60)  # deterministic by world seed and key
+    np.testing.assert_array_equal(again.load(3)[0], pool.load(3)[0])
+    assert not np.array_equal(pool.load(3)[0], SyntheticFewShot(world, fold=1, split="trn", size=60).load(3)[0])
+    assert EpisodeSampler(pool, 1).sample(np.random.default_rng(0)).category in pool.categories

@@ -93,7 +93,7 @@ def test_class_folders_round_trip(world, tmp_path):
     reader = ClassFolders(tmp_path)
     assert reader.class_names == sorted(CATEGORIES[c].slug for c in pool.categories)
     ep = EpisodeSampler(reader, 2).sample(np.random.default_rng(1))
-    assert ep.query_mask.any() and ep.support_masks.shape[0] == 2
+    assert ep.query_mask.any() and len(ep.support_masks) == 2
     category = pool.categories[[CATEGORIES[c].slug for c in pool.categories].index(reader.class_names[ep.category])]
     first = pool.images_of(category)[0]
     _, labels = reader.load(reader.images_of(ep.category)[0])

@@ -24,7 +24,7 @@ from modeling.imaging import images_to_tensor
 from modeling.tokenizer import MAX_LENGTH
 from segdata.categories import NUM_CATEGORIES
 from segdata.world import SyntheticWorld
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import resume, save_checkpoint
 from train.loop import LossLog, cosine_lr, seed_step, set_lr
 
 LDM_SPLIT = 11  # scene keys (LDM_SPLIT, 0, i) of the latent pool
@@ -91,11 +91,7 @@ def train_ldm(
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     scheduler = DDPMScheduler.from_config(configs.SD_SCHEDULER)
     ckpt, log = run_dir / "checkpoints" / "ldm", LossLog(run_dir / "logs" / "ldm.jsonl")
-    start = 0
-    if ckpt.exists():
-        start, _ = load_checkpoint(ckpt, modules, optimizer)
-        log.truncate_after(start)
-        print(f"resuming the text encoder and UNet at step {start}")
+    start = resume(ckpt, modules, optimizer, log, "the text encoder and UNet")
 
     vae.eval().requires_grad_(False)
     means, stds, captions = encode_pool(vae, world, recipe.pool_size, recipe.single_object_fraction)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from modeling import configs
 from modeling.imaging import images_to_tensor, masks_to_tensor
 from segdata.world import SyntheticWorld
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import resume, save_checkpoint
 from train.loop import LossLog, cosine_lr, seed_step, set_lr
 
 VAE_SPLIT = 10  # scene keys (VAE_SPLIT, step, j): never used by evaluation or DiffewS
@@ -87,11 +87,7 @@ def train_vae(world: SyntheticWorld, run_dir: Path, recipe: VaeRecipe, seed: int
     vae = AutoencoderKL(**configs.SYNTH_VAE)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
     ckpt, log = run_dir / "checkpoints" / "vae", LossLog(run_dir / "logs" / "vae.jsonl")
-    start = 0
-    if ckpt.exists():
-        start, _ = load_checkpoint(ckpt, {"vae": vae}, optimizer)
-        log.truncate_after(start)
-        print(f"resuming the VAE at step {start}")
+    start = resume(ckpt, {"vae": vae}, optimizer, log, "the VAE")
     vae.train()
     bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, desc="VAE", unit="step")
     for step in bar:

@@ -60,3 +60,13 @@ def load_checkpoint(
         state.setdefault(int(index), {}).update(values)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return int(meta["step"]), meta.get("extra", {})
+
+
+def resume(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, log, what: str) -> int:
+    """Restores the checkpoint in `folder` if there is one and trims `log` (a LossLog) to it; returns the start step."""
+    if not folder.exists():
+        return 0
+    step, _ = load_checkpoint(folder, modules, optimizer)
+    log.truncate_after(step)
+    print(f"resuming {what} at step {step}")
+    return step

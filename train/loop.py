@@ -18,6 +18,12 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def linear_lr(step: int, total: int, peak: float, end: float = 1e-7) -> float:
+    """diffusers' "polynomial" schedule with power 1 and no warm-up: `peak` at step 0 to `end` at `total`."""
+    progress = min(1.0, step / max(1, total))
+    return end + (peak - end) * (1.0 - progress)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

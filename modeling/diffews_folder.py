@@ -1,0 +1,108 @@
+"""A trained DiffewS model on disk: everything inference needs, in one self-contained folder.
+
+    DIR/diffews.json                       format, base model, resolution, read-out, training recipe
+    DIR/unet/config.json                   diffusers UNet2DConditionModel config
+    DIR/unet/diffusion_pytorch_model.safetensors   diffusers weight names plus conv_in_ref.weight/bias
+    DIR/vae/                               the frozen base VAE (diffusers AutoencoderKL folder)
+    DIR/empty_text_embedding.safetensors   "embedding": (1, L, D) float32, the fixed text conditioning
+
+No text encoder or tokenizer is needed at inference: the empty prompt's embedding is a constant.
+`diffusers.UNet2DConditionModel.from_pretrained(DIR / "unet")` still loads the shared UNet (it
+reports conv_in_ref as an unused weight).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+
+from modeling.diffews import DiffewsModel, MaskReadout, load_unet_state_dict, unet_state_dict
+from modeling.presets import ModelFolderError
+
+FORMAT = "diffews"
+FORMAT_VERSION = 1
+CONFIG_FILE = "diffews.json"
+EMBEDDING_FILE = "empty_text_embedding.safetensors"
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+REQUIRED = (CONFIG_FILE, "unet/config.json", UNET_WEIGHTS, "vae/config.json", EMBEDDING_FILE)
+
+
+def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dtype = torch.float32) -> Path:
+    """Writes `model` to `folder` (created; existing model files are replaced).
+
+    Args:
+        info: recorded in diffews.json: at least "base" (preset or path it was fine-tuned from);
+            typically also the training recipe.
+        dtype: weight precision on disk (float16 halves the size; loading restores float32).
+    """
+    folder = Path(folder)
+    (folder / "unet").mkdir(parents=True, exist_ok=True)
+    model.unet.save_config(folder / "unet")
+    state = {k: v.detach().to(dtype).contiguous() for k, v in unet_state_dict(model.unet).items()}
+    save_file(state, str(folder / UNET_WEIGHTS), metadata={"format": "pt"})
+    vae_dtype = model.vae.dtype
+    model.vae.to(dtype).save_pretrained(folder / "vae", safe_serialization=True)
+    model.vae.to(vae_dtype)
+    save_file({"embedding": model.empty_embedding.detach().float().contiguous()}, str(folder / EMBEDDING_FILE))
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "resolution": model.resolution,
+        "timestep": 1,
+        "empty_prompt_tokens": int(model.empty_embedding.shape[1]),
+        "readout": {"relative": model.readout.relative, "absolute": model.readout.absolute},
+        **info,
+    }
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """diffews.json of `folder`, after checking that every required file is there."""
+    folder = Path(folder)
+    missing = [name for name in REQUIRED if not (folder / name).exists()]
+    if missing:
+        raise ModelFolderError(
+            f"{folder} is not a DiffewS model folder: missing {', '.join(missing)}. "
+            "Train one with `python -m train.diffews --out DIR` or use the shipped modeling/pretrained/synth-diffews"
+        )
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    if config.get("format") != FORMAT:
+        raise ModelFolderError(f"{folder / CONFIG_FILE} is not a DiffewS config (format {config.get('format')!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{folder} was written by a newer toolkit (format version {config['format_version']}, "
+            f"this one reads {FORMAT_VERSION}); upgrade the toolkit"
+        )
+    return config
+
+
+def load_diffews(folder: str | os.PathLike, attention: str = "sdpa") -> DiffewsModel:
+    """Loads a DiffewS folder in float32, in eval mode."""
+    folder = Path(folder)
+    config = read_config(folder)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32, local_files_only=True)
+    embedding = load_file(str(folder / EMBEDDING_FILE))["embedding"].float()
+    readout = MaskReadout(**config["readout"])
+    model = DiffewsModel(unet, vae, embedding, int(config["resolution"]), attention, readout)
+    load_unet_state_dict(model.unet, {k: v.float() for k, v in load_file(str(folder / UNET_WEIGHTS)).items()})
+    return model.eval()
+
+
+def model_hash(folder: str | os.PathLike) -> str:
+    """sha256 over the folder's weights and config: identifies the model that made an engine or a bank."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, UNET_WEIGHTS, "vae/diffusion_pytorch_model.safetensors", EMBEDDING_FILE):
+        path = folder / name
+        if path.exists():
+            digest.update(name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()

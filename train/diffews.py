@@ -1,0 +1,232 @@
+"""Fine-tunes a base latent diffusion UNet into DiffewS (one-step few-shot segmentation).
+
+    python -m train.diffews --out runs/diffews-fold0                       # synth base, synthetic fold 0
+    python -m train.diffews --base sd21 --base-path /models/sd-2-1 --resolution 512 \\
+        --data coco20i --data-root /data/COCO2014 --fold 0 --steps 20000 --mixed-precision fp16 \\
+        --out runs/diffews-coco-fold0                                      # the authors' setting
+    python -m train.diffews --out runs/diffews-fold0                       # again: resumes
+
+Each optimiser step accumulates `--grad-accum` micro-batches of `--episodes` episodes. Every
+micro-batch draws k in 1..`--max-shots` (DiffewS-n), then episodes with k supports; loss =
+MSE(UNet query output, -query mask latent) at t = 1. Defaults are the authors' (AdamW lr 1e-5,
+weight decay 0.01, linear decay to 1e-7 without warm-up, batch 1 x 4 accumulation, clip 1.0,
+seed 42, 77-token empty prompt). The whole UNet trains, conv_in_ref included; VAE and text
+encoder are frozen (the text encoder is used once, for the empty-prompt embedding).
+
+Output folder (see `modeling.diffews_folder`): the model files, `logs/train.jsonl` and
+`checkpoints/` (resumable, safetensors). A folder that already holds a finished model is never
+overwritten unless `--overwrite` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from modeling.diffews import EMPTY_PROMPT_TOKENS, DiffewsModel
+from modeling.diffews_folder import CONFIG_FILE, save_diffews
+from modeling.kv_fusion import ATTENTION_IMPLEMENTATIONS
+from modeling.presets import PRESETS, build_model
+from segdata.episodes import EpisodeSampler
+from segdata.world import SyntheticWorld
+from train.checkpoint import resume, save_checkpoint
+from train.diffews_data import SOURCES, PosteriorCache, episode_latents, open_source
+from train.loop import LossLog, linear_lr, seed_step, set_lr
+
+TRAIN_STAGE = 3  # seed_step stage id (1, 2 are the base's VAE and LDM)
+
+
+@dataclass
+class DiffewsRecipe:
+    """Training hyper-parameters (defaults: the authors' released script)."""
+
+    steps: int = 20000
+    lr: float = 1e-5
+    lr_end: float = 1e-7
+    weight_decay: float = 1e-2
+    episodes: int = 1  # episodes per micro-batch (queries in one UNet call)
+    grad_accum: int = 4
+    max_shots: int = 2
+    clip: float = 1.0
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    seed: int = 42
+    empty_prompt_tokens: int = 77
+    attention: str = "sdpa"
+
+
+def autocast_context(device: torch.device, mixed_precision: str):
+    """(context manager, GradScaler or None) for the chosen precision; "auto" is fp16 on CUDA, fp32 elsewhere."""
+    if mixed_precision == "auto":
+        mixed_precision = "fp16" if device.type == "cuda" else "no"
+    if mixed_precision == "no":
+        return contextlib.nullcontext(), None
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 mixed precision needs a CUDA device; use --mixed-precision bf16 or no on the CPU")
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if mixed_precision == "fp16" else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+def train_diffews(
+    model: DiffewsModel, source, out: Path, recipe: DiffewsRecipe, device: torch.device, progress: bool = True
+) -> dict:
+    """Runs (or resumes) fine-tuning in place on `model`; returns a summary. Checkpoints go to out/checkpoints."""
+    unet = model.unet
+    model.to(device)
+    model.train()
+    model.vae.eval()
+    model.gradient_checkpointing = recipe.gradient_checkpointing
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=recipe.lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay, eps=1e-8
+    )
+    ckpt, log = out / "checkpoints" / "diffews", LossLog(out / "logs" / "train.jsonl")
+    start = resume(ckpt, {"unet": unet}, optimizer, log, "DiffewS")
+    cache = PosteriorCache(model.vae, model.resolution)
+    samplers: dict[int, EpisodeSampler] = {}
+    autocast, scaler = autocast_context(device, recipe.mixed_precision)
+    bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, desc="DiffewS", disable=not progress)
+    losses = []
+    for step in bar:
+        rng = np.random.default_rng([recipe.seed, TRAIN_STAGE, step])  # data of a step never depends on resume
+        seed_step(recipe.seed, TRAIN_STAGE, step)
+        set_lr(optimizer, linear_lr(step, recipe.steps, recipe.lr, recipe.lr_end))
+        step_loss, shots = 0.0, []
+        for _ in range(recipe.grad_accum):
+            k = int(rng.integers(1, recipe.max_shots + 1))
+            sampler = samplers.setdefault(k, EpisodeSampler(source, k))
+            latents = {
+                n: t.to(device)
+                for n, t in episode_latents(cache, [sampler.sample(rng) for _ in range(recipe.episodes)]).items()
+            }
+            with autocast:
+                bank = model.support_bank(latents["support"], latents["support_mask"])
+                output = model.query_output(latents["query"], bank)
+            loss = F.mse_loss(output.float(), -latents["query_mask"]) / recipe.grad_accum  # target: -z_mask
+            (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.item()
+            shots.append(k)
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), recipe.clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        if step % 10 == 0 or step == recipe.steps - 1:
+            log.write(step, loss=step_loss, grad_norm=float(grad_norm), mean_shots=float(np.mean(shots)))
+        if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.steps:
+            save_checkpoint(ckpt, step + 1, {"unet": unet}, optimizer)
+    model.eval()
+    tail = losses[-50:]
+    return {"final_loss_mean_last_50": round(float(np.mean(tail)), 5) if tail else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write (or resume)")
+    parser.add_argument("--base", default="synth", help=f"base preset ({', '.join(PRESETS)}) or diffusers folder")
+    parser.add_argument("--base-path", default=None, help="local weights folder for sd21 / sd21-base")
+    parser.add_argument("--resolution", type=int, default=None, help="image side (default: the preset's)")
+    parser.add_argument("--data", choices=SOURCES, default="synth", help="training data source")
+    parser.add_argument("--data-root", type=Path, default=None, help="data set folder for coco20i / folders")
+    parser.add_argument("--fold", type=int, default=0, help="category fold whose held-out classes are never seen")
+    parser.add_argument("--pool-size", type=int, default=4000, help="synth: scenes in the training pool")
+    parser.add_argument("--world-seed", type=int, default=0, help="synth: seed of the world (the base's is 0)")
+    r = DiffewsRecipe()
+    parser.add_argument("--steps", type=int, default=r.steps, help="optimiser steps")
+    parser.add_argument("--lr", type=float, default=r.lr, help="peak learning rate, decayed linearly")
+    parser.add_argument("--weight-decay", type=float, default=r.weight_decay)
+    parser.add_argument("--episodes", type=int, default=r.episodes, help="episodes per micro-batch")
+    parser.add_argument("--grad-accum", type=int, default=r.grad_accum, help="micro-batches per optimiser step")
+    parser.add_argument("--max-shots", type=int, default=r.max_shots, help="each micro-batch uses 1..N supports")
+    parser.add_argument("--clip", type=float, default=r.clip, help="gradient norm clipping")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("auto", "no", "fp16", "bf16"),
+        default=r.mixed_precision,
+        help="auto: fp16 autocast on CUDA, fp32 on the CPU (bf16 autocast works on CPUs with AVX512-BF16)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each stream (support, query) in the backward pass: less memory, about one more forward",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=r.checkpoint_every)
+    parser.add_argument("--seed", type=int, default=r.seed)
+    parser.add_argument(
+        "--empty-prompt-tokens",
+        type=int,
+        choices=EMPTY_PROMPT_TOKENS,
+        default=r.empty_prompt_tokens,
+        help="77: padded empty prompt, as the authors train (default); 2: their inference pipeline's",
+    )
+    parser.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default=r.attention)
+    parser.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.max_shots < 1 or args.episodes < 1 or args.grad_accum < 1:
+        parser.error("--max-shots, --episodes and --grad-accum must be at least 1")
+    out: Path = args.out
+    if (out / CONFIG_FILE).exists() and not args.overwrite:
+        parser.error(f"{out} already holds a trained model; pass --overwrite to replace it or choose another --out")
+
+    recipe = DiffewsRecipe(**{f.name: getattr(args, f.name) for f in fields(DiffewsRecipe) if hasattr(args, f.name)})
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base = build_model(args.base, path=args.base_path)
+    if args.resolution:
+        base.resolution = args.resolution
+    torch.manual_seed(recipe.seed)
+    model = DiffewsModel.from_base(base, tokens=recipe.empty_prompt_tokens, attention=recipe.attention)
+    del base.text_encoder  # only needed for the embedding
+    world = SyntheticWorld(resolution=model.resolution, seed=args.world_seed)
+    source = open_source(args.data, args.data_root, args.fold, world, args.pool_size)
+
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    summary = train_diffews(model, source, out, recipe, device)
+    elapsed = round(time.time() - started, 1)
+    timings_path = out / "logs" / "timings.json"
+    previous = json.loads(timings_path.read_text()).get("train_s", 0.0) if timings_path.exists() else 0.0
+    timings_path.write_text(json.dumps({"train_s": round(previous + elapsed, 1)}))
+    info = {
+        "base": args.base,
+        "base_path": args.base_path,
+        "data": {"source": args.data, "root": str(args.data_root) if args.data_root else None, "fold": args.fold},
+        "training": {
+            **asdict(recipe),
+            "command": "python -m train.diffews " + " ".join(sys.argv[1:] if argv is None else argv),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "wall_time_s": round(previous + elapsed, 1),
+            **summary,
+        },
+    }
+    if args.data.startswith("synth"):
+        info["data"].update(pool_size=args.pool_size, world_seed=args.world_seed)
+    save_diffews(model.cpu(), out, info, dtype=getattr(torch, args.save_dtype))
+    print(f"done: {out} ({previous + elapsed:.0f} s of training)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
