@@ -6,12 +6,14 @@
 Writes demo_out/world.png (scenes with their category masks), demo_out/episode.png (a 1-shot
 episode of held-out categories), demo_out/parts.png (part masks for SLiMe),
 demo_out/reconstructions.png and demo_out/samples.png (text-to-image samples of the base model),
-and prints the base model's VAE figures on held-out scenes with the time each step took.
+and demo_out/diffews.png (the shipped DiffewS model segmenting held-out categories, 1-shot and
+5-shot), and prints the base model's VAE figures, the DiffewS masks' IoU and the time each step took.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,7 +111,67 @@ def main(argv: list[str] | None = None) -> int:
         f" wrote {args.out / 'samples.png'}"
     )
     print(f"   {time.perf_counter() - t:.1f} s")
+    diffews_demo(world, args.out)
+    runtime_demo(world, args.out)
     return 0
+
+
+def diffews_demo(world: SyntheticWorld, out: Path, episodes: int = 4) -> None:
+    """The shipped DiffewS model on held-out categories of its fold: support bank once, then the query."""
+    from modeling.diffews_folder import load_diffews, read_config
+    from modeling.presets import PRETRAINED_DIR
+
+    print("4. DiffewS (PyTorch) on held-out categories, the shipped model")
+    folder = PRETRAINED_DIR / "synth-diffews"
+    model = load_diffews(folder)
+    val = SyntheticFewShot(world, fold=read_config(folder)["data"]["fold"], split="val", size=400)
+    tiles, labels = [], []
+    for shots in (1, 5):
+        for episode in EpisodeSampler(val, shots).fixed_episodes(episodes, seed=7):
+            t = time.perf_counter()
+            bank = model.bank_from_pixels(np.stack(episode.support_images)[None], np.stack(episode.support_masks)[None])
+            t_bank = time.perf_counter() - t
+            t = time.perf_counter()
+            pred = model.segment(episode.query_image[None], bank)[0]
+            t_query = time.perf_counter() - t
+            gt = episode.query_mask.astype(bool)
+            iou = (pred & gt).sum() / max((pred | gt).sum(), 1)
+            name = CATEGORIES[episode.category].name
+            print(
+                f"   {shots}-shot {name:<24} IoU {iou:.2f}   support bank {t_bank * 1e3:.0f} ms, query {t_query * 1e3:.0f} ms"
+            )
+            tiles += [
+                overlay_mask(episode.support_images[0], episode.support_masks[0], (40, 200, 40)),
+                overlay_mask(episode.query_image, pred),
+                overlay_mask(episode.query_image, episode.query_mask, (40, 40, 220)),
+            ]
+            labels += [f"support 1/{shots}: {name}", f"DiffewS IoU {iou:.2f}", "ground truth"]
+    _save(out / "diffews.png", labelled_grid(tiles, labels, 6))
+
+
+def runtime_demo(world: SyntheticWorld, out: Path) -> None:
+    """Exports the shipped model to an engine directory, then segments with the torch-free runtime CLI."""
+    from modeling.diffews_folder import read_config
+    from modeling.presets import PRETRAINED_DIR
+
+    print("5. export (python -m export.build_engine) and the torch-free runtime (python -m runtime.segment)")
+    t = time.perf_counter()
+    engines = out / "engines"
+    build = [sys.executable, "-m", "export.build_engine", "--out", str(engines), "--max-shots", "5", "--overwrite"]
+    subprocess.run(build, check=True)
+    print(f"   engines built in {time.perf_counter() - t:.1f} s")
+    fold = read_config(PRETRAINED_DIR / "synth-diffews")["data"]["fold"]
+    val = SyntheticFewShot(world, fold=fold, split="val", size=400)
+    episode = next(EpisodeSampler(val, 1).fixed_episodes(1, seed=11))
+    files = out / "runtime_inputs"
+    files.mkdir(parents=True, exist_ok=True)
+    _save(files / "support.png", episode.support_images[0])
+    _save(files / "support_mask.png", episode.support_masks[0].astype(np.uint8) * 255)
+    _save(files / "query.png", episode.query_image)
+    segment = [sys.executable, "-m", "runtime.segment", "--engines", str(engines)]
+    segment += ["--support", str(files / "support.png"), "--support-mask", str(files / "support_mask.png")]
+    segment += ["--query", str(files / "query.png"), "--out", str(out / "runtime"), "--overwrite"]
+    subprocess.run(segment, check=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,289 @@
+"""Build a DiffewS engine directory: two ONNX graphs cut at the support K/V bank, parity-checked, with a manifest.
+
+    python -m export.build_engine --out engines/synth-diffews          # the shipped default model
+    python -m export.build_engine --model runs/diffews-fold0 --out engines/fold0 --max-shots 5
+    python -m export.build_engine --model DIR --out ENGINE_DIR --precision fp16 --optimize
+
+Steps (each printed with its time): load the PyTorch model with the explicit MatMul-Softmax-MatMul
+attention, export `support_encoder` and `query_segmenter` (`export.onnx_export`), optionally
+fuse operators with ONNX Runtime's transformer optimizer and convert to fp16, compare both graphs
+with PyTorch on synthetic held-out episodes at several image sizes and shot counts (the build
+fails when a declared tolerance is missed), then write `manifest.json` and `parity.md`. The
+directory is assembled under a temporary name and renamed at the end, so a failed build never
+leaves a half-written engine directory; an existing directory is only replaced with --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from export.diffews_graphs import QuerySegmenter, SupportEncoder
+from export.onnx_export import export_onnx, operator_counts
+from export.optimize import convert_fp16, fuse_operators
+from export.parity import ParityRow, check_parity, compare_outputs, parity_table, summarise
+from modeling.diffews import DiffewsModel
+from modeling.diffews_folder import load_diffews, model_hash, read_config
+from modeling.presets import PRETRAINED_DIR
+from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, GraphSpec, diffews_graph_specs
+from runtime.manifest import GraphEntry, Manifest, file_sha256
+from runtime.sessions import GraphSession
+
+DEFAULT_MODEL = PRETRAINED_DIR / "synth-diffews"
+
+
+def fused_layers(model: DiffewsModel) -> list[FusedLayer]:
+    """The bank's layers with their token and channel counts at the model resolution (one support pass)."""
+    side = model.resolution // 8
+    z = torch.zeros(1, 1, 4, side, side)
+    with torch.no_grad():
+        bank = model.support_bank(z, z)
+    return [FusedLayer(n, int(bank.keys[n].shape[1]), int(bank.keys[n].shape[2])) for n in model.fusion.layer_names]
+
+
+def sample_episodes(resolution: int, fold: int, shots: int, seed: int = 0) -> list[dict]:
+    """Held-out synthetic episodes at three image sizes (model size, wider, taller) for export and parity."""
+    from segdata.episodes import EpisodeSampler
+    from segdata.synthetic import SyntheticFewShot
+    from segdata.world import SyntheticWorld
+
+    source = SyntheticFewShot(SyntheticWorld(resolution=resolution, seed=seed), fold=fold, split="val", size=200)
+    episodes = EpisodeSampler(source, shots).fixed_episodes(3, seed=seed)
+    sizes = [(resolution, resolution), (resolution * 3 // 2, resolution), (resolution, resolution * 5 // 4)]
+
+    def resized(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+        if array.shape[:2] == (size[1], size[0]):
+            return array
+        resample = Image.NEAREST if nearest else Image.BILINEAR
+        return np.asarray(Image.fromarray(array).resize(size, resample))
+
+    samples = []
+    for episode, size in zip(episodes, sizes):
+        samples.append(
+            {
+                "name": f"{size[0]}x{size[1]}, {shots} shot(s)",
+                "support_images": [resized(im, size, False) for im in episode.support_images],
+                "support_masks": [resized(m.astype(np.uint8), size, True) for m in episode.support_masks],
+                "query_image": resized(episode.query_image, size, False),
+            }
+        )
+    return samples
+
+
+def _torch(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(array))  # a writable copy
+
+
+def _log(message: str, start: float) -> None:
+    print(f"[{time.time() - start:7.1f} s] {message}", flush=True)
+
+
+def producer_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("diffseg-deploy", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def build(args: argparse.Namespace) -> Path:
+    start = time.time()
+    out: Path = args.out
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
+    model, source = load_source(args)
+    if args.resolution:
+        if args.resolution % 64:
+            raise SystemExit(
+                f"error: --resolution must be a multiple of 64 (latent side divisible by 8), got {args.resolution}"
+            )
+        model.resolution = args.resolution
+    _log(f"loaded {source['source']} (resolution {model.resolution}, read-out {model.readout})", start)
+
+    layers = fused_layers(model)
+    specs = diffews_graph_specs(
+        layers,
+        args.max_shots,
+        min_side=args.min_side,
+        opt_side=model.resolution,
+        max_side=args.max_side,
+        precision=args.precision,
+    )
+    samples = sample_episodes(model.resolution, source["fold"], min(2, args.max_shots))[: args.parity_episodes]
+
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        graphs = _export_graphs(model, specs, samples, work, args, start)
+        rows = _parity(model, specs, samples, graphs, args.threads, start)
+        table = parity_table(rows)
+        print(table)
+        (work / "parity.md").write_text(table + "\n")
+        check_parity(rows)
+        mode = "relative" if model.readout.relative is not None else "absolute"
+        manifest = Manifest(
+            kind="diffews",
+            model={k: v for k, v in source.items() if k != "fold"},
+            resolution=model.resolution,
+            readout={"mode": mode, "threshold": readout_threshold(model)},
+            max_shots=args.max_shots,
+            precision=args.precision,
+            layers=layers,
+            graphs={name: graph_entry(path, specs[name]) for name, path in graphs.items()},
+            parity=[r.to_json() for r in summarise(rows)],
+            producer=producer_versions(),
+        )
+        manifest.write(work)
+    except BaseException:
+        print(f"build failed; partial files left in {work} for inspection", file=sys.stderr)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    _log(f"engine directory ready: {out}", start)
+    return out
+
+
+def graph_entry(path: Path, spec: GraphSpec) -> GraphEntry:
+    """The manifest entry of an exported graph, with its external weight file when it has one."""
+    data = path.with_name(path.name + ".data")
+    external = {data.name: file_sha256(data)} if data.exists() else {}
+    return GraphEntry(path.name, file_sha256(path), spec, external)
+
+
+def load_source(args: argparse.Namespace) -> tuple[DiffewsModel, dict]:
+    """The model to export (explicit-matmul attention) and what the manifest records of it."""
+    if args.random_arch:
+        # Speed and graph size do not depend on the weights: the SD 2.1 architecture with random
+        # weights exercises the full-size export (external data) without a download.
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from modeling.configs import SD21_UNET, SD21_VAE
+
+        torch.manual_seed(0)
+        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
+        embedding = torch.randn(1, 77, SD21_UNET["cross_attention_dim"])
+        model = DiffewsModel(unet, vae, embedding, resolution=512, attention="matmul").eval()
+        return model, {"source": "random sd21 (seed 0)", "hash": "random-sd21-seed0", "base": "sd21", "fold": 0}
+    config = read_config(args.model)
+    model = load_diffews(args.model, attention="matmul")
+    source = {"source": str(args.model), "hash": model_hash(args.model), "base": config.get("base")}
+    return model, {**source, "fold": int(config.get("data", {}).get("fold", 0))}
+
+
+def readout_threshold(model: DiffewsModel) -> float:
+    """The read-out's threshold value (relative factor or absolute level), fed to the query graph."""
+    readout = model.readout
+    return float(readout.relative if readout.relative is not None else readout.absolute)
+
+
+def _export_graphs(
+    model: DiffewsModel, specs: dict[str, GraphSpec], samples: list[dict], work: Path, args, start: float
+) -> dict[str, Path]:
+    first = samples[0]
+    image, mask = _torch(first["support_images"][0]), _torch(first["support_masks"][0])
+    support = SupportEncoder(model)
+    with torch.no_grad():
+        bank = support(image, mask)
+    query_sample = {"image": _torch(first["query_image"]), "threshold": torch.tensor(readout_threshold(model))}
+    query_sample.update({t.name: b for t, b in zip(specs[QUERY_SEGMENTER].inputs[2:], bank)})
+    modules = {
+        SUPPORT_ENCODER: (support, {"image": image, "mask": mask}, 0),
+        QUERY_SEGMENTER: (QuerySegmenter(model), query_sample, len(bank)),
+    }
+    paths = {}
+    for name, (module, sample, packed) in modules.items():
+        path = work / f"{name}.onnx"
+        _log(f"exporting {name} ...", start)
+        export_onnx(module, specs[name], sample, path, packed_tail=packed)
+        counts = operator_counts(path)
+        _log(f"exported {name}: {sum(counts.values())} nodes, {path.stat().st_size / 2**20:.1f} MiB", start)
+        if args.optimize:
+            fused = fuse_operators(path)
+            _log(f"fused operators in {name}: {fused}", start)
+        if args.precision == "fp16":
+            convert_fp16(path)
+            _log(f"converted {name} to fp16 (inputs and outputs keep their types)", start)
+        paths[name] = path
+    return paths
+
+
+def _parity(
+    model: DiffewsModel, specs: dict[str, GraphSpec], samples: list[dict], graphs: dict[str, Path], threads, start
+) -> list[ParityRow]:
+    _log("parity against PyTorch ...", start)
+    support_graph = GraphSession(graphs[SUPPORT_ENCODER], specs[SUPPORT_ENCODER], threads=threads)
+    query_graph = GraphSession(graphs[QUERY_SEGMENTER], specs[QUERY_SEGMENTER], threads=threads)
+    support, query = SupportEncoder(model), QuerySegmenter(model)
+    threshold = np.array(readout_threshold(model), dtype=np.float32)
+    rows = []
+    for sample in samples:
+        shot_banks = []
+        for image, mask in zip(sample["support_images"], sample["support_masks"]):
+            with torch.no_grad():
+                want = [t.numpy() for t in support(_torch(image), _torch(mask))]
+            got = support_graph.run({"image": image, "mask": mask})
+            rows += compare_outputs(specs[SUPPORT_ENCODER], sample["name"], got, want)
+            shot_banks.append(want)
+        bank = [np.concatenate(parts, axis=0) for parts in zip(*shot_banks)]  # torch's bank: isolates the query graph
+        with torch.no_grad():
+            want = [
+                query(_torch(sample["query_image"]), torch.from_numpy(threshold), *map(torch.from_numpy, bank)).numpy()
+            ]
+        feed = {"image": sample["query_image"], "threshold": threshold}
+        feed.update({t.name: b for t, b in zip(specs[QUERY_SEGMENTER].inputs[2:], bank)})
+        rows += compare_outputs(specs[QUERY_SEGMENTER], sample["name"], query_graph.run(feed), want)
+    _log(f"parity checked on {len(samples)} episodes", start)
+    return rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="DiffewS model folder (default: the shipped one)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="engine directory to write")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--max-shots", type=int, default=5, help="largest support set the query graph takes")
+    parser.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's own)")
+    parser.add_argument("--min-side", type=int, default=32, help="smallest image side the graphs accept")
+    parser.add_argument("--max-side", type=int, default=4096, help="largest image side the graphs accept")
+    parser.add_argument(
+        "--optimize", action="store_true", help="fuse operators with ONNX Runtime's transformer optimizer"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity runs")
+    parser.add_argument("--parity-episodes", type=int, default=3, help="held-out episodes (1-3) the parity runs on")
+    parser.add_argument(
+        "--random-arch",
+        choices=("sd21",),
+        default=None,
+        help="export this architecture with random weights instead of --model (size and speed checks)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
+    args = parser.parse_args(argv)
+    if args.max_shots < 1:
+        parser.error("--max-shots must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    build(args)
+    print(json.dumps({"out": str(args.out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

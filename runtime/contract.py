@@ -1,0 +1,249 @@
+"""The I/O contract of an exported graph: one descriptor read by export, engine building, the runtime and benchmarks.
+
+Torch-free on purpose: the runtime validates every feed against it, the exporter derives
+dynamic axes, sample inputs and parity tolerances from it, a TensorRT build its optimisation
+profile (min / opt / max shapes), and `manifest.json` stores it so that a C++ host needs
+nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output.
+
+    Attributes:
+        name: the ONNX name.
+        dtype: numpy dtype name ("uint8", "float32").
+        shape: per axis an int (fixed) or a name (dynamic axis, e.g. "height", "shots").
+        min_shape, opt_shape, max_shape: concrete shapes bounding the dynamic axes (TensorRT
+            profiles, sample inputs, benchmarks); equal to `shape` where it is fixed.
+        doc: what the tensor holds, for the manifest's reader.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    doc: str = ""
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def check(self, array: np.ndarray, graph: str) -> None:
+        """Raises ValueError naming the problem when `array` cannot be fed as this tensor."""
+        if array.dtype != np.dtype(self.dtype):
+            raise ValueError(f"{graph}: input {self.name!r} must be {self.dtype}, got {array.dtype}")
+        if array.ndim != len(self.shape):
+            raise ValueError(
+                f"{graph}: input {self.name!r} must have shape {self.shape_text()}, got {tuple(array.shape)}"
+            )
+        for axis, (size, want, lo, hi) in enumerate(zip(array.shape, self.shape, self.min_shape, self.max_shape)):
+            if isinstance(want, int) and size != want:
+                raise ValueError(
+                    f"{graph}: input {self.name!r} axis {axis} must be {want}, got shape {tuple(array.shape)} "
+                    f"(expected {self.shape_text()}); was it made by another model?"
+                )
+            if isinstance(want, str) and not lo <= size <= hi:
+                raise ValueError(
+                    f"{graph}: input {self.name!r} axis {axis} ({want}) is {size}, outside the built range "
+                    f"{lo}..{hi}; rebuild the engines with a larger range"
+                )
+
+    def shape_text(self) -> str:
+        return "(" + ", ".join(str(d) for d in self.shape) + ")"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TensorSpec:
+        return cls(
+            name=data["name"],
+            dtype=data["dtype"],
+            shape=tuple(data["shape"]),
+            min_shape=tuple(data["min_shape"]),
+            opt_shape=tuple(data["opt_shape"]),
+            max_shape=tuple(data["max_shape"]),
+            doc=data.get("doc", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity limits between the exported graph and PyTorch on the sample inputs.
+
+    Float outputs: max |a - b| <= atol + rtol * max |b|. Mask outputs (uint8): IoU >= min_iou.
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_iou: float = 0.99
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph: its name, inputs, outputs and parity tolerance."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    doc: str = ""
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        """Raises ValueError when `feed` misses, adds or misshapes an input of this graph."""
+        missing = [n for n in self.input_names if n not in feed]
+        extra = [n for n in feed if n not in self.input_names]
+        if missing or extra:
+            raise ValueError(f"{self.name}: feed is missing {missing} and has unknown inputs {extra}")
+        for spec in self.inputs:
+            spec.check(np.asarray(feed[spec.name]), self.name)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "doc": self.doc,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "tolerance": asdict(self.tolerance),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> GraphSpec:
+        return cls(
+            name=data["name"],
+            inputs=tuple(TensorSpec.from_json(t) for t in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(t) for t in data["outputs"]),
+            tolerance=Tolerance(**data.get("tolerance", {})),
+            doc=data.get("doc", ""),
+        )
+
+
+# --------------------------------------------------------------------------- DiffewS
+SUPPORT_ENCODER = "support_encoder"
+QUERY_SEGMENTER = "query_segmenter"
+# Parity tolerances per precision: (bank tensors, query mask). fp32 graphs must match PyTorch to
+# float rounding; fp16 ones to half-precision rounding accumulated over the UNet.
+PRECISIONS = {
+    "fp32": (Tolerance(atol=1e-4, rtol=1e-3), Tolerance(min_iou=0.99)),
+    "fp16": (Tolerance(atol=1e-2, rtol=2e-2), Tolerance(min_iou=0.95)),
+}
+
+
+@dataclass(frozen=True)
+class FusedLayer:
+    """A self-attention layer whose K/V form the bank: N tokens (h x w) of C channels."""
+
+    name: str
+    tokens: int
+    channels: int
+
+
+def bank_names(layers: list[FusedLayer]) -> list[str]:
+    """The bank tensors' graph names, keys of every layer then values: key_00 ... key_15, value_00 ..."""
+    return [f"key_{i:02d}" for i in range(len(layers))] + [f"value_{i:02d}" for i in range(len(layers))]
+
+
+def diffews_graph_specs(
+    layers: list[FusedLayer],
+    max_shots: int,
+    min_side: int = 32,
+    opt_side: int = 512,
+    max_side: int = 4096,
+    precision: str = "fp32",
+) -> dict[str, GraphSpec]:
+    """The `support_encoder` and `query_segmenter` descriptors of a DiffewS model.
+
+    Args:
+        layers: the fused layers in execution order.
+        max_shots: the largest S the query graph is built for.
+        min_side, opt_side, max_side: the range of image height and width (pixels) the graphs are built for.
+        precision: "fp32" or "fp16" (looser parity tolerances; the I/O types stay as listed).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    bank_tolerance, mask_tolerance = PRECISIONS[precision]
+
+    def image(doc: str) -> TensorSpec:
+        return TensorSpec(
+            "image",
+            "uint8",
+            ("height", "width", 3),
+            (min_side, min_side, 3),
+            (opt_side, opt_side, 3),
+            (max_side, max_side, 3),
+            doc,
+        )
+
+    names = bank_names(layers)
+    per_layer = layers + layers
+    shot_bank = tuple(
+        TensorSpec(n, "float32", (1, ly.tokens, ly.channels), *(((1, ly.tokens, ly.channels),) * 3), f"{ly.name}")
+        for n, ly in zip(names, per_layer)
+    )
+    query_bank = tuple(
+        TensorSpec(
+            n,
+            "float32",
+            ("shots", ly.tokens, ly.channels),
+            (1, ly.tokens, ly.channels),
+            (1, ly.tokens, ly.channels),
+            (max_shots, ly.tokens, ly.channels),
+            f"{ly.name}: the shots' single-shot banks concatenated on axis 0",
+        )
+        for n, ly in zip(names, per_layer)
+    )
+    mask_in = TensorSpec(
+        "mask",
+        "uint8",
+        ("height", "width"),
+        (min_side, min_side),
+        (opt_side, opt_side),
+        (max_side, max_side),
+        "support mask, foreground > 0, same size as the image",
+    )
+    threshold = TensorSpec(
+        "threshold", "float32", (), (), (), (), "read-out threshold (relative or absolute, see manifest)"
+    )
+    mask_out = TensorSpec(
+        "mask",
+        "uint8",
+        ("height", "width"),
+        (min_side, min_side),
+        (opt_side, opt_side),
+        (max_side, max_side),
+        "query mask in {0, 1} at the query's size",
+    )
+    return {
+        SUPPORT_ENCODER: GraphSpec(
+            SUPPORT_ENCODER,
+            (image("support image, RGB, any size"), mask_in),
+            shot_bank,
+            bank_tolerance,
+            "one support shot -> its K/V bank",
+        ),
+        QUERY_SEGMENTER: GraphSpec(
+            QUERY_SEGMENTER,
+            (image("query image, RGB, any size"), threshold, *query_bank),
+            (mask_out,),
+            mask_tolerance,
+            "query image + S-shot bank -> query mask",
+        ),
+    }

@@ -1,0 +1,161 @@
+"""`manifest.json` of an engine directory: everything a host needs to run the graphs, and nothing torch.
+
+{
+  "schema_version": 1, "kind": "diffews",
+  "model": {"source": ..., "hash": sha256 of the source model folder},
+  "resolution": 128, "readout": {"mode": "relative", "threshold": 0.25},
+  "max_shots": 5, "precision": "fp32",
+  "layers": [{"name": "down_blocks.0.attentions.0...attn1", "tokens": 256, "channels": 32}, ...],
+  "graphs": {"support_encoder": {"file": "support_encoder.onnx", "sha256": ..., "spec": {inputs, outputs, ...}},
+             "query_segmenter": {...}},
+  "parity": [worst row per graph output], "producer": {package versions}
+}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runtime.contract import FusedLayer, GraphSpec
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+READOUT_MODES = ("relative", "absolute")
+
+
+class EngineDirError(ValueError):
+    """An engine directory is missing, incomplete, modified or from an unknown toolkit version."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class GraphEntry:
+    """One graph file of the directory, its external weight files (graphs over 2 GB) and its contract."""
+
+    file: str
+    sha256: str
+    spec: GraphSpec
+    external_data: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "external_data": self.external_data,
+            "spec": self.spec.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> GraphEntry:
+        return cls(data["file"], data["sha256"], GraphSpec.from_json(data["spec"]), data.get("external_data", {}))
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every file of this graph -> its sha256."""
+        return {self.file: self.sha256, **self.external_data}
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest; `graphs` maps a graph name to its entry."""
+
+    kind: str
+    model: dict
+    resolution: int
+    readout: dict
+    max_shots: int
+    precision: str
+    layers: list[FusedLayer]
+    graphs: dict[str, GraphEntry]
+    parity: list[dict] = field(default_factory=list)
+    producer: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "model": self.model,
+            "resolution": self.resolution,
+            "readout": self.readout,
+            "max_shots": self.max_shots,
+            "precision": self.precision,
+            "layers": [asdict(layer) for layer in self.layers],
+            "graphs": {name: entry.to_json() for name, entry in self.graphs.items()},
+            "parity": self.parity,
+            "producer": self.producer,
+        }
+
+    def write(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_json(), indent=1))
+        return path
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike, verify: bool = True) -> Manifest:
+        """Parses `directory/manifest.json`; with `verify`, checks every graph file's sha256."""
+        directory = Path(directory)
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise EngineDirError(
+                f"{directory} is not an engine directory (no {MANIFEST_FILE}); build one with "
+                "`python -m export.build_engine --out DIR`"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise EngineDirError(f"{path} is not valid JSON ({err}); rebuild the engines") from err
+        version = data.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise EngineDirError(
+                f"{path} has schema version {version!r}; this runtime reads up to {SCHEMA_VERSION}: upgrade the toolkit"
+            )
+        try:
+            manifest = cls(
+                kind=data["kind"],
+                model=data["model"],
+                resolution=int(data["resolution"]),
+                readout=data["readout"],
+                max_shots=int(data["max_shots"]),
+                precision=data["precision"],
+                layers=[FusedLayer(**layer) for layer in data["layers"]],
+                graphs={name: GraphEntry.from_json(g) for name, g in data["graphs"].items()},
+                parity=data.get("parity", []),
+                producer=data.get("producer", {}),
+                schema_version=version,
+            )
+        except (KeyError, TypeError) as err:
+            raise EngineDirError(f"{path} lacks or misformats {err}; rebuild the engines") from err
+        if manifest.readout.get("mode") not in READOUT_MODES:
+            raise EngineDirError(f"{path}: read-out mode must be one of {READOUT_MODES}, got {manifest.readout}")
+        for name, entry in manifest.graphs.items():
+            for file_name, sha256 in entry.files.items():
+                file = directory / file_name
+                if not file.is_file():
+                    raise EngineDirError(
+                        f"{directory}: graph {name!r} file {file_name} is missing; rebuild the engines"
+                    )
+                if verify and file_sha256(file) != sha256:
+                    raise EngineDirError(
+                        f"{file} does not match its sha256 in {MANIFEST_FILE}: it was modified or truncated after "
+                        "the build; rebuild the engines"
+                    )
+        return manifest
+
+    def graph(self, name: str) -> GraphEntry:
+        if name not in self.graphs:
+            raise EngineDirError(
+                f"this engine directory ({self.kind}) has no {name!r} graph; it has {list(self.graphs)}"
+            )
+        return self.graphs[name]

@@ -1,0 +1,220 @@
+"""build_engine + runtime on a tiny-random DiffewS model: graphs, manifest, agreement with PyTorch, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from export import build_engine
+from export.parity import ParityError, check_parity, compare_outputs
+from modeling.diffews import DiffewsModel
+from modeling.diffews_folder import load_diffews, model_hash, save_diffews
+from modeling.presets import build_model
+from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, diffews_graph_specs
+from runtime.fewshot import FewShotSegmenter
+from runtime.manifest import Manifest
+from segdata.episodes import EpisodeSampler
+from segdata.synthetic import SyntheticFewShot
+from segdata.world import SyntheticWorld
+
+MAX_SHOTS = 3
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(model folder, engine directory) of a tiny-random DiffewS model, built once for the module."""
+    root = tmp_path_factory.mktemp("engine")
+    torch.manual_seed(0)
+    folder = save_diffews(DiffewsModel.from_base(build_model("tiny-random")), root / "model", {"base": "tiny-random"})
+    engines = root / "engines"
+    build_engine.main(
+        ["--model", str(folder), "--out", str(engines), "--max-shots", str(MAX_SHOTS), "--max-side", "512"]
+    )
+    return folder, engines
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    """Held-out synthetic 2-shot episodes at the tiny model's 64 px."""
+    source = SyntheticFewShot(SyntheticWorld(resolution=64, seed=0), fold=0, split="val", size=120)
+    return list(EpisodeSampler(source, 2).fixed_episodes(4, seed=5))
+
+
+def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    return np.asarray(Image.fromarray(array).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+
+
+def test_engine_directory_is_complete_and_checked(built):
+    folder, engines = built
+    manifest = Manifest.read(engines)
+    assert manifest.kind == "diffews" and manifest.model["hash"] == model_hash(folder)
+    assert manifest.max_shots == MAX_SHOTS and manifest.resolution == 64
+    assert manifest.readout == {"mode": "relative", "threshold": 0.25}
+    assert set(manifest.graphs) == {SUPPORT_ENCODER, QUERY_SEGMENTER}
+    assert len(manifest.layers) == len(load_diffews(folder).fusion.layer_names)
+    assert manifest.parity and all(row["passed"] for row in manifest.parity)
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest.producer)
+    for entry in manifest.graphs.values():
+        model = onnx.load(str(engines / entry.file))
+        assert model.ir_version == 10  # readable by onnxruntime 1.20+
+        assert [i.name for i in model.graph.input] == entry.spec.input_names
+    assert (engines / "parity.md").read_text().count("| yes |") == 2
+    assert not (engines.parent / "engines.partial").exists()
+
+
+def test_runtime_agrees_with_the_pytorch_pipeline(built, episodes):
+    folder, engines = built
+    model = load_diffews(folder)
+    segmenter = FewShotSegmenter.from_dir(engines)
+    sizes = [(64, 64), (96, 64), (64, 80), (50, 70)]
+    foreground = []
+    for episode, size in zip(episodes, sizes):
+        supports = [_resize(im, size) for im in episode.support_images]
+        masks = [_resize(m.astype(np.uint8), size, nearest=True) for m in episode.support_masks]
+        query = _resize(episode.query_image, (size[1], size[0]))  # a query of another size than its supports
+        for shots in (1, 2):
+            segmenter.set_support(supports[:shots], masks[:shots])
+            got = segmenter.segment(query)
+            assert got.shape == query.shape[:2] and got.dtype == np.uint8
+            bank = model.bank_from_pixels(np.stack(supports[:shots])[None], np.stack(masks[:shots])[None])
+            want = model.segment(query[None], bank)[0]
+            assert _iou(got > 0, want) >= 0.99
+            foreground.append(want.mean())
+    assert 0.0 < np.mean(foreground) < 1.0  # the comparison is not between two trivial masks
+
+
+def test_n_shot_bank_is_the_concatenation_of_single_shots(built, episodes):
+    _, engines = built
+    segmenter = FewShotSegmenter.from_dir(engines)
+    ep = episodes[0]
+    segmenter.set_support(ep.support_images, [m.astype(np.uint8) for m in ep.support_masks])
+    assert segmenter.shots == 2
+    singles = [segmenter.encode_shot(im, m.astype(np.uint8)) for im, m in zip(ep.support_images, ep.support_masks)]
+    for name, tensor in segmenter._bank.items():
+        np.testing.assert_array_equal(tensor, np.concatenate([s[name] for s in singles]))
+
+
+def test_threshold_override_is_monotonic(built, episodes):
+    _, engines = built
+    segmenter = FewShotSegmenter.from_dir(engines)
+    ep = episodes[1]
+    segmenter.set_support(ep.support_images[0], ep.support_masks[0].astype(np.uint8))
+    low, default, high = (segmenter.segment(ep.query_image, t) for t in (0.05, None, 0.9))
+    assert low.sum() >= default.sum() >= high.sum()
+    assert low.sum() > high.sum()
+
+
+def test_saved_support_sets_round_trip_and_are_tied_to_their_model(built, episodes, tmp_path):
+    _, engines = built
+    segmenter = FewShotSegmenter.from_dir(engines)
+    ep = episodes[2]
+    segmenter.set_support(ep.support_images, [m.astype(np.uint8) for m in ep.support_masks])
+    path = segmenter.save_support(tmp_path / "cats.npz")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        segmenter.save_support(path)
+    other = FewShotSegmenter.from_dir(engines)
+    other.load_support(path)
+    np.testing.assert_array_equal(other.segment(ep.query_image), segmenter.segment(ep.query_image))
+
+    data = dict(np.load(path))
+    data["model_hash"] = np.array("0" * 64)
+    np.savez(tmp_path / "foreign.npz", **data)
+    with pytest.raises(ValueError, match="computed by another model"):
+        other.load_support(tmp_path / "foreign.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable support bank"):
+        other.load_support(tmp_path / "junk.npz")
+
+
+def test_bad_inputs_get_clear_errors(built, episodes):
+    _, engines = built
+    segmenter = FewShotSegmenter.from_dir(engines)
+    ep = episodes[0]
+    image, mask = ep.support_images[0], ep.support_masks[0].astype(np.uint8)
+    with pytest.raises(RuntimeError, match="call set_support"):
+        segmenter.segment(ep.query_image)
+    with pytest.raises(ValueError, match="mask is empty"):
+        segmenter.set_support(image, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="mask is 32x64 but the image is 64x64"):
+        segmenter.set_support(image, mask[:, :32])
+    with pytest.raises(ValueError, match="these engines take 1 to 3"):
+        segmenter.set_support([image] * 4, [mask] * 4)
+    with pytest.raises(ValueError, match="2 support images but 1 masks"):
+        segmenter.set_support([image, image], [mask])
+    segmenter.set_support(image, mask)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        segmenter.segment(ep.query_image.astype(np.float32))
+    with pytest.raises(ValueError, match="outside the built range"):
+        segmenter.segment(np.zeros((16, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="not in this onnxruntime build"):
+        FewShotSegmenter.from_dir(engines, providers=["TensorrtExecutionProvider"])
+
+
+def test_build_refuses_to_overwrite(built):
+    folder, engines = built
+    before = (engines / "manifest.json").read_text()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        build_engine.main(["--model", str(folder), "--out", str(engines)])
+    assert (engines / "manifest.json").read_text() == before
+
+
+def test_parity_failures_are_reported():
+    spec = diffews_graph_specs([FusedLayer("a", 4, 2)], 1)[SUPPORT_ENCODER]
+    want = [np.ones((1, 4, 2), np.float32)] * 2
+    rows = compare_outputs(spec, "s", [w + 1e-6 for w in want], want)
+    check_parity(rows)
+    rows = compare_outputs(spec, "s", [want[0], want[1] + 0.5], want)
+    with pytest.raises(ParityError, match=r"support_encoder.value_00 on s: max_abs 0.5"):
+        check_parity(rows)
+
+
+def test_runtime_runs_without_torch(built, episodes, tmp_path):
+    _, engines = built
+    ep = episodes[0]
+    Image.fromarray(ep.support_images[0]).save(tmp_path / "s.png")
+    Image.fromarray(ep.support_masks[0].astype(np.uint8) * 255).save(tmp_path / "s_mask.png")
+    Image.fromarray(ep.query_image).save(tmp_path / "q.png")
+    script = (
+        "import sys\n"
+        "from runtime.segment import main\n"
+        f"main(['--engines', {str(engines)!r}, '--support', {str(tmp_path / 's.png')!r}, "
+        f"'--support-mask', {str(tmp_path / 's_mask.png')!r}, '--query', {str(tmp_path / 'q.png')!r}, "
+        f"'--out', {str(tmp_path / 'out')!r}, '--save-support', {str(tmp_path / 'bank.npz')!r}])\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'modeling', 'train') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    mask = np.asarray(Image.open(tmp_path / "out" / "q_mask.png"))
+    segmenter = FewShotSegmenter.from_dir(engines)
+    segmenter.load_support(tmp_path / "bank.npz")
+    np.testing.assert_array_equal(mask > 0, segmenter.segment(ep.query_image) > 0)
+    assert np.asarray(Image.open(tmp_path / "out" / "q_overlay.png")).shape == ep.query_image.shape
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.segment",
+            "--engines",
+            str(engines),
+            "--load-support",
+            str(tmp_path / "bank.npz"),
+        ]
+        + ["--query", str(tmp_path / "q.png"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+    summary = json.dumps(Manifest.read(engines).to_json())
+    assert "query_segmenter" in summary

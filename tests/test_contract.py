@@ -1,0 +1,114 @@
+"""Graph descriptors and the engine manifest: validation, clear errors, JSON round trips (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runtime.contract import (
+    QUERY_SEGMENTER,
+    SUPPORT_ENCODER,
+    FusedLayer,
+    GraphSpec,
+    bank_names,
+    diffews_graph_specs,
+)
+from runtime.manifest import EngineDirError, GraphEntry, Manifest, file_sha256
+
+LAYERS = [FusedLayer("down.attn1", 64, 8), FusedLayer("up.attn1", 16, 16)]
+
+
+def specs():
+    return diffews_graph_specs(LAYERS, max_shots=3, min_side=32, opt_side=64, max_side=256)
+
+
+def test_diffews_specs_describe_the_bank_cut():
+    s = specs()
+    support, query = s[SUPPORT_ENCODER], s[QUERY_SEGMENTER]
+    assert support.input_names == ["image", "mask"]
+    assert support.output_names == bank_names(LAYERS) == ["key_00", "key_01", "value_00", "value_01"]
+    assert query.input_names == ["image", "threshold", *bank_names(LAYERS)]
+    assert [o.shape for o in support.outputs] == [(1, 64, 8), (1, 16, 16), (1, 64, 8), (1, 16, 16)]
+    bank_in = query.inputs[2]
+    assert bank_in.shape == ("shots", 64, 8) and bank_in.max_shape == (3, 64, 8)
+    assert query.outputs[0].dtype == "uint8" and query.outputs[0].dynamic_axes == {0: "height", 1: "width"}
+
+
+def test_feeds_are_checked_with_explanations():
+    support = specs()[SUPPORT_ENCODER]
+    image, mask = np.zeros((40, 50, 3), np.uint8), np.zeros((40, 50), np.uint8)
+    support.check_feed({"image": image, "mask": mask})
+    with pytest.raises(ValueError, match="must be uint8"):
+        support.check_feed({"image": image.astype(np.float32), "mask": mask})
+    with pytest.raises(ValueError, match=r"shape \(height, width, 3\)"):
+        support.check_feed({"image": image[..., 0], "mask": mask})
+    with pytest.raises(ValueError, match="outside the built range 32..256"):
+        support.check_feed({"image": np.zeros((300, 50, 3), np.uint8), "mask": mask})
+    with pytest.raises(ValueError, match="missing"):
+        support.check_feed({"image": image})
+    query = specs()[QUERY_SEGMENTER]
+    bank = {n: np.zeros((1, t, c), np.float32) for n, (t, c) in zip(bank_names(LAYERS), [(64, 8), (16, 16)] * 2)}
+    feed = {"image": image, "threshold": np.array(0.25, np.float32), **bank}
+    query.check_feed(feed)
+    with pytest.raises(ValueError, match="another model"):
+        query.check_feed({**feed, "key_00": np.zeros((1, 64, 9), np.float32)})
+    with pytest.raises(ValueError, match="rebuild the engines with a larger range"):
+        query.check_feed({**feed, "key_00": np.zeros((4, 64, 8), np.float32)})
+
+
+def test_spec_json_round_trip():
+    for spec in specs().values():
+        assert GraphSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ValueError, match="precision"):
+        diffews_graph_specs(LAYERS, 1, precision="int4")
+
+
+def _manifest(tmp_path):
+    (tmp_path / "support_encoder.onnx").write_bytes(b"graph-a")
+    (tmp_path / "query_segmenter.onnx").write_bytes(b"graph-b")
+    graphs = {
+        name: GraphEntry(f"{name}.onnx", file_sha256(tmp_path / f"{name}.onnx"), spec) for name, spec in specs().items()
+    }
+    return Manifest(
+        kind="diffews",
+        model={"source": "m", "hash": "abc"},
+        resolution=64,
+        readout={"mode": "relative", "threshold": 0.25},
+        max_shots=3,
+        precision="fp32",
+        layers=LAYERS,
+        graphs=graphs,
+    )
+
+
+def test_manifest_round_trip_and_errors(tmp_path):
+    manifest = _manifest(tmp_path)
+    manifest.write(tmp_path)
+    again = Manifest.read(tmp_path)
+    assert again.to_json() == manifest.to_json()
+    with pytest.raises(EngineDirError, match="not an engine directory"):
+        Manifest.read(tmp_path / "nowhere")
+    with pytest.raises(EngineDirError, match="no 'part_segmenter' graph"):
+        again.graph("part_segmenter")
+
+    (tmp_path / "query_segmenter.onnx").write_bytes(b"graph-B")  # modified after the build
+    with pytest.raises(EngineDirError, match="modified or truncated"):
+        Manifest.read(tmp_path)
+    Manifest.read(tmp_path, verify=False)
+    (tmp_path / "query_segmenter.onnx").unlink()
+    with pytest.raises(EngineDirError, match="missing"):
+        Manifest.read(tmp_path, verify=False)
+
+    data = manifest.to_json()
+    data["schema_version"] = 99
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineDirError, match="upgrade the toolkit"):
+        Manifest.read(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(EngineDirError, match="not valid JSON"):
+        Manifest.read(tmp_path)
