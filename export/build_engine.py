@@ -30,12 +30,12 @@ from PIL import Image
 from export.diffews_graphs import QuerySegmenter, SupportEncoder
 from export.onnx_export import export_onnx, operator_counts
 from export.optimize import convert_fp16, fuse_operators
-from export.parity import ParityRow, check_parity, compare_outputs, parity_table, summarise
+from export.parity import ParityError, ParityRow, check_parity, compare_outputs, parity_table, summarise
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, model_hash, read_config
-from modeling.presets import PRETRAINED_DIR
+from modeling.presets import PRETRAINED_DIR, ModelFolderError
 from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, GraphSpec, diffews_graph_specs
-from runtime.manifest import GraphEntry, Manifest, file_sha256
+from runtime.manifest import MANIFEST_FILE, GraphEntry, Manifest, file_sha256
 from runtime.sessions import GraphSession
 
 DEFAULT_MODEL = PRETRAINED_DIR / "synth-diffews"
@@ -102,6 +102,10 @@ def build(args: argparse.Namespace) -> Path:
     out: Path = args.out
     if out.exists() and not args.overwrite:
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise SystemExit(
+            f"error: {out} is not empty and holds no {MANIFEST_FILE}; --overwrite only replaces engine directories"
+        )
     model, source = load_source(args)
     if args.resolution:
         if args.resolution % 64:
@@ -275,12 +279,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_shots < 1:
         parser.error("--max-shots must be at least 1")
+    if not 8 <= args.min_side <= args.max_side:
+        parser.error("need 8 <= --min-side <= --max-side")
+    if not 1 <= args.parity_episodes <= 3:
+        parser.error("--parity-episodes must be 1, 2 or 3")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    build(args)
+    try:
+        build(args)
+    except (ParityError, ModelFolderError) as err:
+        raise SystemExit(f"error: {err}") from err
     print(json.dumps({"out": str(args.out)}))
     return 0
 

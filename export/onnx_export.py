@@ -39,12 +39,16 @@ def dynamic_shapes(spec: GraphSpec, packed_tail: int = 0) -> tuple:
     for t in spec.inputs:
         axes = {}
         for axis, name in t.dynamic_axes.items():
+            if t.min_shape[axis] == t.max_shape[axis]:
+                continue  # a range of one size (e.g. --max-shots 1) is a static axis to torch.export
             if name not in dims:
                 dims[name] = torch.export.Dim(name, min=t.min_shape[axis], max=t.max_shape[axis])
             axes[axis] = dims[name]
         per_input.append(axes or None)
     if packed_tail:
-        return (*per_input[:-packed_tail], tuple(per_input[-packed_tail:]))
+        # Static members of the packed tuple as {} (not None: torch.onnx turns a tuple of Nones into a list).
+        packed = tuple(axes or {} for axes in per_input[-packed_tail:])
+        return (*per_input[:-packed_tail], packed)
     return tuple(per_input)
 
 

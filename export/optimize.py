@@ -42,6 +42,9 @@ def fuse_operators(path: Path) -> dict[str, int]:
     optimized = optimize_model(str(path), model_type="unet", optimization_options=options, opt_level=0)
     proto = optimized.model
     proto.ir_version = IR_VERSION
+    # The fused operators live in ONNX Runtime's contrib domain; declare it so checkers accept them.
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     save_onnx(proto, path)
     after = operator_counts(path)
     return {
@@ -54,7 +57,13 @@ def fuse_operators(path: Path) -> dict[str, int]:
 def convert_fp16(path: Path) -> None:
     """Converts `path`'s weights and compute to fp16 in place; graph inputs and outputs keep their types."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    proto = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
+    original = onnx.load(str(path))
+    del original.graph.value_info[:]  # the exporter's fp32 intermediate types would contradict the new ones
+    proto = convert_float_to_float16(original, keep_io_types=True)
+    converted = OnnxModel(proto)
+    converted.topological_sort()  # the casts it inserts around blocked operators (Resize) come unsorted
+    proto = converted.model
     proto.ir_version = IR_VERSION
     save_onnx(proto, path)

@@ -20,7 +20,7 @@ class ParityRow:
     graph: str
     sample: str
     output: str
-    metric: str  # "max_abs" (float outputs) or "iou" (masks)
+    metric: str  # "rel_l2" (float outputs) or "iou" (masks)
     value: float
     limit: float
     passed: bool
@@ -46,16 +46,16 @@ def compare_outputs(spec: GraphSpec, sample: str, got: list[np.ndarray], want: l
             iou = _mask_iou(g, w)
             rows.append(ParityRow(spec.name, sample, out.name, "iou", iou, tol.min_iou, iou >= tol.min_iou))
         else:
-            err = float(np.abs(g.astype(np.float64) - w).max())
-            limit = tol.atol + tol.rtol * float(np.abs(w).max())
-            rows.append(ParityRow(spec.name, sample, out.name, "max_abs", err, limit, err <= limit))
+            ref = w.astype(np.float64)
+            err = float(np.linalg.norm(g.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-12))
+            rows.append(ParityRow(spec.name, sample, out.name, "rel_l2", err, tol.max_rel_l2, err <= tol.max_rel_l2))
     return rows
 
 
 def summarise(rows: list[ParityRow]) -> list[ParityRow]:
     """The worst row per (graph, metric), over samples and outputs: what the table and the manifest show.
 
-    A failing row beats a passing one; otherwise the lowest IoU or the largest error relative to its limit.
+    A failing row beats a passing one; otherwise the lowest IoU or the largest error.
     """
     groups: dict[tuple[str, str], list[ParityRow]] = {}
     for row in rows:
@@ -65,7 +65,7 @@ def summarise(rows: list[ParityRow]) -> list[ParityRow]:
         if group[0].metric == "iou":
             row = min(group, key=lambda r: (r.passed, r.value))
         else:
-            row = min(group, key=lambda r: (r.passed, -(r.value / r.limit if r.limit else float("inf"))))
+            row = min(group, key=lambda r: (r.passed, -r.value))
         outputs = sorted({r.output for r in group})
         label = row.output if len(outputs) == 1 else f"{row.output} (worst of {len(outputs)} outputs)"
         worst.append(ParityRow(row.graph, row.sample, label, row.metric, row.value, row.limit, row.passed))

@@ -162,12 +162,21 @@ def test_bad_inputs_get_clear_errors(built, episodes):
         FewShotSegmenter.from_dir(engines, providers=["TensorrtExecutionProvider"])
 
 
-def test_build_refuses_to_overwrite(built):
+def test_build_refuses_to_overwrite_or_to_start_without_a_model(built, tmp_path):
     folder, engines = built
     before = (engines / "manifest.json").read_text()
     with pytest.raises(SystemExit, match="--overwrite"):
         build_engine.main(["--model", str(folder), "--out", str(engines)])
     assert (engines / "manifest.json").read_text() == before
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="only replaces engine directories"):
+        build_engine.main(["--model", str(folder), "--out", str(mine), "--overwrite"])
+    assert (mine / "keep.txt").read_text() == "mine"
+    with pytest.raises(SystemExit, match="is not a DiffewS model folder"):
+        build_engine.main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "engines")])
+    assert not (tmp_path / "engines").exists()
 
 
 def test_parity_failures_are_reported():
@@ -175,8 +184,12 @@ def test_parity_failures_are_reported():
     want = [np.ones((1, 4, 2), np.float32)] * 2
     rows = compare_outputs(spec, "s", [w + 1e-6 for w in want], want)
     check_parity(rows)
+    assert rows[0].metric == "rel_l2" and rows[0].value == pytest.approx(1e-6, rel=0.1)  # 1 + 1e-6 rounds in float32
     rows = compare_outputs(spec, "s", [want[0], want[1] + 0.5], want)
-    with pytest.raises(ParityError, match=r"support_encoder.value_00 on s: max_abs 0.5"):
+    with pytest.raises(ParityError, match=r"support_encoder.value_00 on s: rel_l2 0.5 vs 0.001"):
+        check_parity(rows)
+    rows = compare_outputs(spec, "s", [want[0], want[1][:, :2]], want)
+    with pytest.raises(ParityError, match="shape"):
         check_parity(rows)
 
 
@@ -218,3 +231,34 @@ def test_runtime_runs_without_torch(built, episodes, tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
     summary = json.dumps(Manifest.read(engines).to_json())
     assert "query_segmenter" in summary
+
+
+def test_fp16_and_fused_engines_pass_their_parity(built, episodes, tmp_path):
+    folder, _ = built
+    engines = tmp_path / "fp16"
+    build_engine.main(["--model", str(folder), "--out", str(engines), "--precision", "fp16", "--optimize"])
+    manifest = Manifest.read(engines)
+    assert manifest.precision == "fp16" and all(row["passed"] for row in manifest.parity)
+    graph = onnx.load(str(engines / manifest.graph(QUERY_SEGMENTER).file))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    assert any(n.domain == "com.microsoft" for n in graph.graph.node)  # ONNX Runtime's fused operators
+    assert [i.type.tensor_type.elem_type for i in graph.graph.input][:2] == [
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.FLOAT,
+    ]
+    segmenter = FewShotSegmenter.from_dir(engines)
+    ep = episodes[3]
+    segmenter.set_support(ep.support_images[0], ep.support_masks[0].astype(np.uint8))
+    assert segmenter.segment(ep.query_image).shape == ep.query_image.shape[:2]
+
+
+def test_dynamic_shapes_follow_the_descriptor():
+    from export.onnx_export import dynamic_shapes
+
+    layers = [FusedLayer("a", 4, 2), FusedLayer("b", 1, 4)]
+    query = diffews_graph_specs(layers, max_shots=3)[QUERY_SEGMENTER]
+    image, threshold, bank = dynamic_shapes(query, packed_tail=4)
+    assert threshold is None and set(image) == {0, 1} and len(bank) == 4
+    assert bank[0][0] is bank[3][0]  # one "shots" Dim shared by every bank input
+    single = diffews_graph_specs(layers, max_shots=1)[QUERY_SEGMENTER]
+    assert dynamic_shapes(single, packed_tail=4)[2] == ({},) * 4  # a range of one size is static
