@@ -98,3 +98,19 @@ def test_cosine_schedule_warms_up_then_decays():
     lrs = [cosine_lr(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] >= 0.05
+
+
+def test_min_snr_weighting_caps_only_the_low_noise_steps():
+    from diffusers import DDPMScheduler
+
+    from modeling import configs
+    from train.base_ldm import denoising_loss
+
+    scheduler = DDPMScheduler.from_config(configs.SD_SCHEDULER)
+    torch.manual_seed(0)
+    pred, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    plain = torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    noisy, clean = torch.tensor([900, 900]), torch.tensor([1, 1])  # SNR far below / far above gamma = 5
+    assert denoising_loss(pred, noise, noisy, scheduler, 5.0) == pytest.approx(plain.mean().item())
+    assert denoising_loss(pred, noise, clean, scheduler, 5.0) < 0.01 * plain.mean().item()
+    assert denoising_loss(pred, noise, clean, scheduler, 0.0) == pytest.approx(plain.mean().item())

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -32,13 +33,19 @@ LDM_SPLIT = 11  # scene keys (LDM_SPLIT, 0, i) of the latent pool
 
 @dataclass
 class LdmRecipe:
-    steps: int = 1600
+    steps: int = 2800
     batch_size: int = 16
     pool_size: int = 4000
-    single_object_fraction: float = 0.5  # large single objects teach each name's look fastest
-    lr: float = 6e-4
+    # Large single objects teach each name's look fastest: at 800 steps, 0.8 (with lr 1e-3) gave
+    # samples of the prompt's colour 3x as often as chance; 0.5 (lr 6e-4) 1.5 to 2x.
+    single_object_fraction: float = 0.8
+    lr: float = 1e-3
     warmup: int = 50
     caption_dropout: float = 0.1
+    # Min-SNR-gamma loss weighting (Hang et al. 2023, who report about 3x faster convergence):
+    # caps the weight of the easy low-noise steps; 0 gives the plain epsilon MSE. (At 800 steps
+    # here it made no visible difference either way.)
+    min_snr_gamma: float = 5.0
     checkpoint_every: int = 200
 
 
@@ -69,6 +76,17 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     return tokenizer(
         prompts, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt"
     ).input_ids
+
+
+def denoising_loss(
+    pred: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, scheduler: DDPMScheduler, min_snr_gamma: float
+) -> torch.Tensor:
+    """Epsilon MSE, each sample weighted by min(SNR_t, gamma) / SNR_t when gamma > 0."""
+    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))  # [B]
+    if min_snr_gamma <= 0:
+        return per_sample.mean()
+    snr = compute_snr(scheduler, t)
+    return (per_sample * snr.clamp(max=min_snr_gamma) / snr).mean()
 
 
 def new_text_encoder(tokenizer) -> CLIPTextModel:
@@ -112,7 +130,7 @@ def train_ldm(
         noise = torch.randn_like(z0)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.batch_size,))
         pred = unet(scheduler.add_noise(z0, noise, t), t, text_encoder(tokens)[0]).sample
-        loss = F.mse_loss(pred, noise)
+        loss = denoising_loss(pred, noise, t, scheduler, recipe.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
