@@ -58,7 +58,10 @@ def vae_batch(world: SyntheticWorld, step: int, recipe: VaeRecipe) -> torch.Tens
             if rng.random() < 0.3:  # some masks of every object, for more varied shapes
                 mask = (scene.instance_mask > 0).astype(np.uint8)
             masks.append(mask[y : y + c, x : x + c])
-    return torch.cat([images_to_tensor(np.stack(images)), masks_to_tensor(np.stack(masks))])
+    parts = [images_to_tensor(np.stack(images))] if images else []
+    if masks:  # a small batch may round its mask share to none
+        parts.append(masks_to_tensor(np.stack(masks)))
+    return torch.cat(parts)
 
 
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict]:
