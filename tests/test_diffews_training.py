@@ -109,3 +109,15 @@ def test_evaluation_rows_and_baselines(world):
     assert all_foreground(episodes).all()
     pasted = paste_support(episodes)
     assert np.array_equal(pasted[0], np.mean(episodes[0].support_masks, axis=0) >= 0.5)
+
+
+def test_a_resumed_run_does_not_log_its_steps_twice(tmp_path):
+    from train.loop import LossLog
+
+    log = LossLog(tmp_path / "train.jsonl")
+    for step in range(0, 60, 10):  # a run that died after its checkpoint at step 30
+        log.write(step, loss=1.0)
+    log.drop_from(30)  # the resumed run starts at step 30 and logs it again
+    log.write(30, loss=0.5)
+    steps = [json.loads(line)["step"] for line in log.path.read_text().splitlines()]
+    assert steps == [0, 10, 20, 30]

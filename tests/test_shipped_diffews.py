@@ -31,8 +31,9 @@ def test_shipped_model_beats_baselines_on_held_out_categories():
     assert set(source.categories) == set(held_out_categories(fold))
     rows = {r["method"]: r for r in run_evaluation(model, source, [1], episodes=48, seed=1, batch=16)}
     best_baseline = max(rows["all foreground"]["miou"], rows["paste support"]["miou"])
-    # These 48 episodes gave +16.6 when the model was shipped; 1000 episodes give +14.6 (model card).
-    assert rows["DiffewS"]["miou"] > best_baseline + 10
+    # These 48 episodes give 53.3 against 7.6 (+45.8); 1000 episodes give +44.2 (model card). The
+    # toolkit's target is +20.
+    assert rows["DiffewS"]["miou"] > best_baseline + 20
 
 
 def test_shipped_evaluation_table_is_recorded():

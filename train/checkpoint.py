@@ -67,6 +67,6 @@ def resume(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.o
     if not folder.exists():
         return 0
     step, _ = load_checkpoint(folder, modules, optimizer)
-    log.truncate_after(step)
+    log.drop_from(step)
     print(f"resuming {what} at step {step}")
     return step

@@ -48,9 +48,10 @@ class LossLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drops records past `step` (left by a run that died after its last checkpoint)."""
+    def drop_from(self, step: int) -> None:
+        """Drops records of steps >= `step`: a run that died after its last checkpoint logged them,
+        and the resumed run (which starts at `step`) logs them again."""
         if not self.path.exists():
             return
-        lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
         self.path.write_text("".join(ln + "\n" for ln in lines))
