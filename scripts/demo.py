@@ -7,7 +7,10 @@ Writes demo_out/world.png (scenes with their category masks), demo_out/episode.p
 episode of held-out categories), demo_out/parts.png (part masks for SLiMe),
 demo_out/reconstructions.png and demo_out/samples.png (text-to-image samples of the base model),
 and demo_out/diffews.png (the shipped DiffewS model segmenting held-out categories, 1-shot and
-5-shot), and prints the base model's VAE figures, the DiffewS masks' IoU and the time each step took.
+5-shot); then builds the engines for the shipped model (demo_out/engines) and segments the shipped
+example images (examples/diffews: supports and queries of held-out categories) with the torch-free
+runtime into demo_out/runtime/ (masks and overlays). Prints the base model's VAE figures, the
+masks' IoU, the runtime's support and query latency and the time each step took.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "diffews"  # written by scripts/make_examples.py
+sys.path.insert(0, str(ROOT))
 
 from segdata.categories import CATEGORIES  # noqa: E402
 from segdata.episodes import EpisodeSampler  # noqa: E402
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"   {time.perf_counter() - t:.1f} s")
     diffews_demo(world, args.out)
-    runtime_demo(world, args.out)
+    runtime_demo(args.out)
     return 0
 
 
@@ -149,29 +154,29 @@ def diffews_demo(world: SyntheticWorld, out: Path, episodes: int = 4) -> None:
     _save(out / "diffews.png", labelled_grid(tiles, labels, 6))
 
 
-def runtime_demo(world: SyntheticWorld, out: Path) -> None:
-    """Exports the shipped model to an engine directory, then segments with the torch-free runtime CLI."""
-    from modeling.diffews_folder import read_config
-    from modeling.presets import PRETRAINED_DIR
-
+def runtime_demo(out: Path) -> None:
+    """Exports the shipped model, then segments the shipped examples with the torch-free runtime CLI."""
     print("5. export (python -m export.build_engine) and the torch-free runtime (python -m runtime.segment)")
     t = time.perf_counter()
     engines = out / "engines"
     build = [sys.executable, "-m", "export.build_engine", "--out", str(engines), "--max-shots", "5", "--overwrite"]
     subprocess.run(build, check=True)
     print(f"   engines built in {time.perf_counter() - t:.1f} s")
-    fold = read_config(PRETRAINED_DIR / "synth-diffews")["data"]["fold"]
-    val = SyntheticFewShot(world, fold=fold, split="val", size=400)
-    episode = next(EpisodeSampler(val, 1).fixed_episodes(1, seed=11))
-    files = out / "runtime_inputs"
-    files.mkdir(parents=True, exist_ok=True)
-    _save(files / "support.png", episode.support_images[0])
-    _save(files / "support_mask.png", episode.support_masks[0].astype(np.uint8) * 255)
-    _save(files / "query.png", episode.query_image)
-    segment = [sys.executable, "-m", "runtime.segment", "--engines", str(engines)]
-    segment += ["--support", str(files / "support.png"), "--support-mask", str(files / "support_mask.png")]
-    segment += ["--query", str(files / "query.png"), "--out", str(out / "runtime"), "--overwrite"]
-    subprocess.run(segment, check=True)
+    for folder in sorted(EXAMPLES.iterdir()):
+        supports = sorted(folder.glob("support_?.png"))
+        queries = sorted(folder.glob("query_?.png"))
+        segment = [sys.executable, "-m", "runtime.segment", "--engines", str(engines), "--overwrite"]
+        for support in supports:
+            segment += ["--support", str(support), "--support-mask", str(support.with_name(support.stem + "_mask.png"))]
+        segment += ["--query", *map(str, queries), "--out", str(out / "runtime" / folder.name)]
+        print(f"   {folder.name}: {len(supports)} supports, {len(queries)} queries")
+        subprocess.run(segment, check=True)
+        for query in queries:
+            pred = np.asarray(Image.open(out / "runtime" / folder.name / f"{query.stem}_mask.png")) > 0
+            truth = np.asarray(Image.open(query.with_name(query.stem + "_truth.png"))) > 0
+            print(
+                f"   {query.name}: IoU with the ground truth {(pred & truth).sum() / max((pred | truth).sum(), 1):.2f}"
+            )
 
 
 if __name__ == "__main__":
