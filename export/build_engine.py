@@ -3,6 +3,7 @@
     python -m export.build_engine --out engines/synth-diffews          # the shipped default model
     python -m export.build_engine --model runs/diffews-fold0 --out engines/fold0 --max-shots 5
     python -m export.build_engine --model DIR --out ENGINE_DIR --precision fp16 --optimize
+    python -m export.build_engine --out engines/x --tensorrt      # + TensorRT plans, or their build script
 
 Steps (each printed with its time): load the PyTorch model with the explicit MatMul-Softmax-MatMul
 attention, export `support_encoder` and `query_segmenter` (`export.onnx_export`), optionally
@@ -27,10 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from export import tensorrt_build
 from export.diffews_graphs import QuerySegmenter, SupportEncoder
 from export.onnx_export import export_onnx, operator_counts
 from export.optimize import convert_fp16, fuse_operators
 from export.parity import ParityError, ParityRow, check_parity, compare_outputs, parity_table, summarise
+from export.tensorrt_check import tensorrt_problems
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, model_hash, read_config
 from modeling.presets import PRETRAINED_DIR, ModelFolderError
@@ -220,6 +223,10 @@ def _export_graphs(
         if args.precision == "fp16":
             convert_fp16(path)
             _log(f"converted {name} to fp16 (inputs and outputs keep their types)", start)
+        problems = tensorrt_problems(path)
+        _log(f"TensorRT parser check of {name}: " + ("ok" if not problems else "; ".join(problems[:3])), start)
+        if problems and args.tensorrt:
+            raise SystemExit(f"error: --tensorrt, but TensorRT cannot parse {name}: {problems[0]}")
         paths[name] = path
     return paths
 
@@ -275,6 +282,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="export this architecture with random weights instead of --model (size and speed checks)",
     )
+    parser.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="also build TensorRT plans (export.tensorrt_build; without tensorrt and a GPU: the build script only)",
+    )
+    parser.add_argument("--trt-precision", choices=("fp16", "fp32"), default="fp16", help="TensorRT plan precision")
+    parser.add_argument("--refittable", action="store_true", help="TensorRT plans whose weights can be swapped")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
     args = parser.parse_args(argv)
     if args.max_shots < 1:
@@ -283,6 +297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("need 8 <= --min-side <= --max-side")
     if not 1 <= args.parity_episodes <= 3:
         parser.error("--parity-episodes must be 1, 2 or 3")
+    if args.tensorrt and args.optimize:
+        parser.error("--optimize writes ONNX Runtime-only operators that TensorRT cannot parse; drop it for --tensorrt")
     return args
 
 
@@ -292,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         build(args)
     except (ParityError, ModelFolderError) as err:
         raise SystemExit(f"error: {err}") from err
+    if args.tensorrt:
+        trt_args = [str(args.out), "--precision", args.trt_precision] + (["--refittable"] if args.refittable else [])
+        if tensorrt_build.main(trt_args) != 0:
+            print(f"the ONNX engine directory {args.out} is complete; its TensorRT plans are not", file=sys.stderr)
     print(json.dumps({"out": str(args.out)}))
     return 0
 

@@ -18,19 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.resize import resize_antialiased
 from modeling.diffews import TIMESTEP, DiffewsModel
 from modeling.kv_fusion import KVBank
 
 
 def _image_to_model(image: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, R, R) in [-1, 1]; bilinear with antialiasing, as `DiffewsModel` resizes."""
-    x = image.permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    """(H, W, 3) uint8 -> (1, 3, R, R) in [-1, 1]; bilinear with antialiasing, as `DiffewsModel` resizes.
+
+    As matrix products rather than an antialiased ONNX `Resize`, which TensorRT cannot parse.
+    """
+    x = image.float().permute(2, 0, 1)[None] / 127.5 - 1.0  # float first: TensorRT keeps uint8 at the edges only
+    return resize_antialiased(x, (resolution, resolution))
 
 
 def _mask_to_model(mask: torch.Tensor, resolution: int) -> torch.Tensor:
     """(H, W) uint8, foreground > 0 -> (1, 3, R, R) white on black in [-1, 1] (nearest resize)."""
-    m = (mask > 0).float()[None, None] * 2.0 - 1.0
+    m = (mask.float() > 0).float()[None, None] * 2.0 - 1.0
     m = F.interpolate(m, size=(resolution, resolution), mode="nearest")
     return m.expand(-1, 3, -1, -1)
 

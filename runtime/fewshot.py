@@ -16,37 +16,51 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backends import open_graph
 from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, bank_names
 from runtime.images import ImageLike, check_pair, load_image, load_mask
 from runtime.manifest import Manifest
-from runtime.sessions import DEFAULT_PROVIDERS, GraphSession
 
 BANK_FORMAT = "diffews-support-bank"
 
 
 class FewShotSegmenter:
-    """A DiffewS engine directory loaded into ONNX Runtime (one session per graph)."""
+    """A DiffewS engine directory on one backend (`runtime.backends`: ONNX Runtime CPU / CUDA / TensorRT, or TensorRT)."""
 
-    def __init__(self, directory: Path, manifest: Manifest, providers=DEFAULT_PROVIDERS, threads: int | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        providers: list | None = None,
+        threads: int | None = None,
+        backend: str = "onnxruntime",
+    ):
         if manifest.kind != "diffews":
             raise ValueError(f"{directory} holds {manifest.kind!r} graphs, not DiffewS; use the matching runtime class")
-        self.directory, self.manifest = Path(directory), manifest
-        self.support_encoder = self._session(SUPPORT_ENCODER, providers, threads)
-        self.query_segmenter = self._session(QUERY_SEGMENTER, providers, threads)
+        self.directory, self.manifest, self.backend = Path(directory), manifest, backend
+        self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, backend, providers, threads)
+        self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, backend, providers, threads)
         self.bank_names = bank_names(manifest.layers)
         self.threshold = float(manifest.readout["threshold"])
         self._bank: dict[str, np.ndarray] | None = None
+        self._resident: dict | None = None  # the bank where the query graph reads it (GPU memory on a GPU backend)
 
     @classmethod
     def from_dir(
-        cls, directory: str | os.PathLike, providers=DEFAULT_PROVIDERS, threads: int | None = None, verify: bool = True
+        cls,
+        directory: str | os.PathLike,
+        providers: list | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+        backend: str = "onnxruntime",
     ) -> FewShotSegmenter:
-        """Loads `directory` (built by `python -m export.build_engine`); `verify` checks the files' sha256."""
-        return cls(Path(directory), Manifest.read(directory, verify=verify), providers, threads)
+        """Loads `directory` (built by `python -m export.build_engine`); `verify` checks the files' sha256.
 
-    def _session(self, name: str, providers, threads) -> GraphSession:
-        entry = self.manifest.graph(name)
-        return GraphSession(self.directory / entry.file, entry.spec, providers, threads)
+        Args:
+            providers: ONNX Runtime providers for backend "onnxruntime" (default: CPU).
+            backend: "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt" or "tensorrt" (see `runtime.backends`).
+        """
+        return cls(Path(directory), Manifest.read(directory, verify=verify), providers, threads, backend)
 
     # ------------------------------------------------------------------ supports
     def encode_shot(self, image: ImageLike, mask: ImageLike) -> dict[str, np.ndarray]:
@@ -73,7 +87,12 @@ class FewShotSegmenter:
                 shots.append(self.encode_shot(image, mask))
             except ValueError as err:
                 raise ValueError(f"support shot {i}: {err}") from err
-        self._bank = {name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names}
+        self._use_bank({name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names})
+
+    def _use_bank(self, bank: dict[str, np.ndarray]) -> None:
+        """Caches `bank` and uploads it once to where the query graph reads it."""
+        self._resident = self.query_segmenter.keep(bank)
+        self._bank = bank
 
     @property
     def shots(self) -> int:
@@ -108,11 +127,10 @@ class FewShotSegmenter:
         missing = [n for n in self.bank_names if n not in contents]
         if missing:
             raise ValueError(f"{path} lacks bank tensors {missing[:3]}")
-        bank = {n: contents[n] for n in self.bank_names}
-        spec = {t.name: t for t in self.query_segmenter.spec.inputs}
-        for name, array in bank.items():
-            spec[name].check(array, str(path))
-        self._bank = bank
+        try:
+            self._use_bank({n: contents[n] for n in self.bank_names})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
     def _require_bank(self) -> dict[str, np.ndarray]:
         if self._bank is None:
@@ -127,10 +145,10 @@ class FewShotSegmenter:
             threshold: overrides the manifest's read-out threshold (relative to the decoded
                 mask's maximum or absolute, as the manifest's `readout.mode` says).
         """
-        bank = self._require_bank()
+        self._require_bank()
         cut = self.threshold if threshold is None else float(threshold)
-        feed = {"image": load_image(query), "threshold": np.array(cut, dtype=np.float32), **bank}
-        return self.query_segmenter.run(feed)[0]
+        feed = {"image": load_image(query), "threshold": np.array(cut, dtype=np.float32)}
+        return self.query_segmenter.run(feed, resident=self._resident)[0]
 
     def segment_batch(self, queries: Sequence[ImageLike], threshold: float | None = None) -> list[np.ndarray]:
         """Masks of several queries against the cached support set (each at its own size)."""

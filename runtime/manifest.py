@@ -8,7 +8,9 @@
   "layers": [{"name": "down_blocks.0.attentions.0...attn1", "tokens": 256, "channels": 32}, ...],
   "graphs": {"support_encoder": {"file": "support_encoder.onnx", "sha256": ..., "spec": {inputs, outputs, ...}},
              "query_segmenter": {...}},
-  "parity": [worst row per graph output], "producer": {package versions}
+  "parity": [worst row per graph output], "producer": {package versions},
+  "tensorrt_plans": {"support_encoder": [{"file": "support_encoder.trt10.3.0.sm87.plan", "sha256": ...,
+                     "tensorrt": "10.3.0", "compute_capability": "8.7", "precision": "fp16", ...}], ...}
 }
 """
 
@@ -80,6 +82,8 @@ class Manifest:
     graphs: dict[str, GraphEntry]
     parity: list[dict] = field(default_factory=list)
     producer: dict = field(default_factory=dict)
+    # graph -> TensorRT plans built for it (file, sha256, tensorrt, compute_capability, precision, refittable)
+    tensorrt_plans: dict[str, list[dict]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict:
@@ -95,6 +99,7 @@ class Manifest:
             "graphs": {name: entry.to_json() for name, entry in self.graphs.items()},
             "parity": self.parity,
             "producer": self.producer,
+            "tensorrt_plans": self.tensorrt_plans,
         }
 
     def write(self, directory: Path) -> Path:
@@ -133,6 +138,7 @@ class Manifest:
                 graphs={name: GraphEntry.from_json(g) for name, g in data["graphs"].items()},
                 parity=data.get("parity", []),
                 producer=data.get("producer", {}),
+                tensorrt_plans=data.get("tensorrt_plans", {}),
                 schema_version=version,
             )
         except (KeyError, TypeError) as err:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from runtime.backends import BACKENDS
 from runtime.fewshot import FewShotSegmenter
 from runtime.images import load_image, overlay
 
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--query", type=Path, nargs="+", required=True, help="query images")
     parser.add_argument("--out", type=Path, required=True, help="output folder for masks and overlays")
     parser.add_argument("--threshold", type=float, default=None, help="override the manifest's read-out threshold")
-    parser.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"], help="ONNX Runtime providers")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="what runs the graphs")
+    parser.add_argument("--providers", nargs="+", default=None, help="ONNX Runtime providers (backend onnxruntime)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if existing and not args.overwrite:
         raise SystemExit(f"error: {existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
     try:
-        segmenter = FewShotSegmenter.from_dir(args.engines, providers=args.providers, threads=args.threads)
+        segmenter = FewShotSegmenter.from_dir(
+            args.engines, providers=args.providers, threads=args.threads, backend=args.backend
+        )
         start = time.time()
         if args.load_support is not None:
             segmenter.load_support(args.load_support)

@@ -9,35 +9,17 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import torch
 from PIL import Image
 
 from export import build_engine
 from export.parity import ParityError, check_parity, compare_outputs
-from modeling.diffews import DiffewsModel
-from modeling.diffews_folder import load_diffews, model_hash, save_diffews
-from modeling.presets import build_model
+from modeling.diffews_folder import load_diffews, model_hash
 from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, diffews_graph_specs
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import Manifest
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
-
-MAX_SHOTS = 3
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(model folder, engine directory) of a tiny-random DiffewS model, built once for the module."""
-    root = tmp_path_factory.mktemp("engine")
-    torch.manual_seed(0)
-    folder = save_diffews(DiffewsModel.from_base(build_model("tiny-random")), root / "model", {"base": "tiny-random"})
-    engines = root / "engines"
-    build_engine.main(
-        ["--model", str(folder), "--out", str(engines), "--max-shots", str(MAX_SHOTS), "--max-side", "512"]
-    )
-    return folder, engines
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +42,7 @@ def test_engine_directory_is_complete_and_checked(built):
     folder, engines = built
     manifest = Manifest.read(engines)
     assert manifest.kind == "diffews" and manifest.model["hash"] == model_hash(folder)
-    assert manifest.max_shots == MAX_SHOTS and manifest.resolution == 64
+    assert manifest.max_shots == 3 and manifest.resolution == 64  # as the `built` fixture (conftest) builds them
     assert manifest.readout == {"mode": "relative", "threshold": 0.25}
     assert set(manifest.graphs) == {SUPPORT_ENCODER, QUERY_SEGMENTER}
     assert len(manifest.layers) == len(load_diffews(folder).fusion.layer_names)

@@ -1,0 +1,219 @@
+"""Execution backends behind one interface: a graph that checks its feeds, runs, and can keep inputs resident.
+
+    graph = open_graph(directory, manifest, "query_segmenter", backend="onnxruntime-cuda")
+    bank = graph.keep({"key_00": ..., ...})        # uploaded once (device memory on a GPU)
+    mask = graph.run({"image": ..., "threshold": ...}, resident=bank)[0]
+
+| backend | what runs the graph | resident inputs |
+| --- | --- | --- |
+| `onnxruntime` | ONNX Runtime, the given providers (CPU by default) | OrtValues, bound with I/O binding |
+| `onnxruntime-cuda` | ONNX Runtime's CUDA provider | OrtValues in GPU memory |
+| `onnxruntime-tensorrt` | ONNX Runtime's TensorRT provider (engine and timing caches in `DIR/ort_trt_cache`, profiles from the descriptors), CUDA for the rest | OrtValues in GPU memory |
+| `tensorrt` | the directory's TensorRT plans (`export.tensorrt_build`), through Polygraphy's `TrtRunner` | Polygraphy `DeviceArray`s |
+
+Everything GPU-side is imported lazily, so the CPU runtime needs only numpy and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtime.contract import GraphSpec
+from runtime.manifest import EngineDirError, Manifest, file_sha256
+from runtime.sessions import GraphSession
+
+BACKENDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+ORT_TRT_CACHE = "ort_trt_cache"
+
+
+class Graph(Protocol):
+    """What the segmenters need of a graph, whatever runs it."""
+
+    spec: GraphSpec
+
+    def keep(self, arrays: dict[str, np.ndarray]) -> dict:
+        """Checks `arrays` against the descriptor and places them where the graph reads them (once)."""
+        ...
+
+    def run(self, feed: dict[str, np.ndarray], resident: dict | None = None) -> list[np.ndarray]:
+        """Outputs (host numpy, the descriptor's order) for `feed` plus the `resident` inputs from `keep`."""
+        ...
+
+
+def profile_option(spec: GraphSpec, which: int) -> str:
+    """ONNX Runtime TensorRT provider profile string, `image:32x32x3,mask:32x32` (which: 0 min, 1 opt, 2 max)."""
+    shapes = [(t.name, (t.min_shape, t.opt_shape, t.max_shape)[which]) for t in spec.inputs if t.dynamic_axes]
+    return ",".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in shapes)
+
+
+def onnxruntime_providers(backend: str, spec: GraphSpec, directory: Path, fp16: bool = False) -> list:
+    """The execution-provider list of an ONNX Runtime backend."""
+    if backend == "onnxruntime":
+        return ["CPUExecutionProvider"]
+    if backend == "onnxruntime-cuda":
+        return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    if backend == "onnxruntime-tensorrt":
+        cache = str(directory / ORT_TRT_CACHE)
+        options = {
+            "device_id": 0,
+            # fp16 applies to every layer here (no fp32 escape for attention, unlike the native plans).
+            "trt_fp16_enable": fp16,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": cache,
+            "trt_profile_min_shapes": profile_option(spec, 0),
+            "trt_profile_opt_shapes": profile_option(spec, 1),
+            "trt_profile_max_shapes": profile_option(spec, 2),
+        }
+        return [
+            ("TensorrtExecutionProvider", options),
+            ("CUDAExecutionProvider", {"device_id": 0}),
+            "CPUExecutionProvider",
+        ]
+    raise ValueError(f"{backend!r} is not an ONNX Runtime backend")
+
+
+class OnnxRuntimeGraph:
+    """A graph in ONNX Runtime; resident inputs are OrtValues on the first provider's device, bound per run."""
+
+    def __init__(self, path: Path, spec: GraphSpec, providers: list, threads: int | None = None):
+        self.session = GraphSession(path, spec, providers, threads)
+        self.spec = spec
+        first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        self.device = "cpu" if first == "CPUExecutionProvider" else "cuda"
+
+    def keep(self, arrays: dict[str, np.ndarray]) -> dict:
+        ort = importlib.import_module("onnxruntime")
+        specs = {t.name: t for t in self.spec.inputs}
+        for name, array in arrays.items():
+            if name not in specs:
+                raise ValueError(f"{self.spec.name}: no input named {name!r}")
+            specs[name].check(array, self.spec.name)
+        return {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0) for n, a in arrays.items()}
+
+    def run(self, feed: dict[str, np.ndarray], resident: dict | None = None) -> list[np.ndarray]:
+        if not resident:
+            return self.session.run(feed)
+        _check_split_feed(self.spec, feed, resident)
+        binding = self.session.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name, value in resident.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self.spec.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+def _check_split_feed(spec: GraphSpec, feed: dict[str, np.ndarray], resident: dict) -> None:
+    """The per-run feed plus the resident inputs must cover the graph's inputs exactly once."""
+    names = list(feed) + list(resident)
+    missing = [n for n in spec.input_names if n not in names]
+    extra = sorted({n for n in names if n not in spec.input_names or names.count(n) > 1})
+    if missing or extra:
+        raise ValueError(f"{spec.name}: inputs missing {missing}, unknown or given twice {extra}")
+    specs = {t.name: t for t in spec.inputs}
+    for name, array in feed.items():
+        specs[name].check(np.asarray(array), spec.name)
+
+
+def select_plan(plans: list[dict], trt_version: str, capability: str, graph: str) -> dict:
+    """The plan built by this TensorRT version for this GPU generation, or an error saying how to build one."""
+    for plan in plans:
+        if plan["tensorrt"] == trt_version and plan["compute_capability"] == capability:
+            return plan
+    built = ", ".join(f"TensorRT {p['tensorrt']} / sm {p['compute_capability']}" for p in plans) or "none"
+    raise EngineDirError(
+        f"{graph}: no TensorRT plan for TensorRT {trt_version} on a GPU of compute capability {capability} "
+        f"(built: {built}); build one on this machine: python -m export.tensorrt_build DIR"
+    )
+
+
+def _gpu_compute_capability() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise RuntimeError(f"the tensorrt backend needs a CUDA GPU; nvidia-smi failed: {err}") from err
+    return out.stdout.split()[0]
+
+
+class TensorRTGraph:
+    """A graph's TensorRT plan run through Polygraphy's TrtRunner (GPU only; not run in this project's CI)."""
+
+    def __init__(self, directory: Path, spec: GraphSpec, plans: list[dict], capability: str | None = None):
+        try:
+            trt = importlib.import_module("tensorrt")
+            backend = importlib.import_module("polygraphy.backend.trt")
+        except ImportError as err:
+            raise RuntimeError(
+                "the tensorrt backend needs the tensorrt and polygraphy packages on an NVIDIA GPU machine "
+                f"({err}); use backend='onnxruntime' elsewhere"
+            ) from err
+        plan = select_plan(plans, trt.__version__, capability or _gpu_compute_capability(), spec.name)
+        path = directory / plan["file"]
+        if not path.is_file() or file_sha256(path) != plan["sha256"]:
+            raise EngineDirError(f"{path} is missing or does not match its sha256 in manifest.json; rebuild it")
+        self.spec = spec
+        self.runner = backend.TrtRunner(backend.engine_from_bytes(path.read_bytes()))
+        self.runner.activate()
+
+    def keep(self, arrays: dict[str, np.ndarray]) -> dict:
+        cuda = importlib.import_module("polygraphy.cuda")
+        specs = {t.name: t for t in self.spec.inputs}
+        for name, array in arrays.items():
+            specs[name].check(array, self.spec.name)
+        return {
+            n: cuda.DeviceArray(shape=a.shape, dtype=a.dtype).copy_from(np.ascontiguousarray(a))
+            for n, a in arrays.items()
+        }
+
+    def run(self, feed: dict[str, np.ndarray], resident: dict | None = None) -> list[np.ndarray]:
+        resident = resident or {}
+        _check_split_feed(self.spec, feed, resident)
+        outputs = self.runner.infer({**feed, **resident}, check_inputs=False)
+        return [np.asarray(outputs[name]) for name in self.spec.output_names]
+
+
+def open_graph(
+    directory: Path,
+    manifest: Manifest,
+    name: str,
+    backend: str = "onnxruntime",
+    providers: list | None = None,
+    threads: int | None = None,
+    fp16: bool = False,
+) -> Graph:
+    """Graph `name` of an engine directory on `backend` (see the module table).
+
+    Args:
+        providers: overrides the provider list of the `onnxruntime` backend.
+        fp16: `onnxruntime-tensorrt` only: let TensorRT run layers in fp16.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    entry = manifest.graph(name)
+    if backend == "tensorrt":
+        plans = manifest.tensorrt_plans.get(name, [])
+        if not plans:
+            raise EngineDirError(
+                f"{directory} has no TensorRT plans for {name}; build them on the GPU machine with "
+                f"python -m export.tensorrt_build {directory}"
+            )
+        return TensorRTGraph(directory, entry.spec, plans)
+    if providers is not None and backend != "onnxruntime":
+        raise ValueError(f"providers= applies to backend 'onnxruntime' only; backend {backend!r} sets its own")
+    if providers is None:
+        providers = onnxruntime_providers(backend, entry.spec, directory, fp16)
+    return OnnxRuntimeGraph(directory / entry.file, entry.spec, list(providers), threads)
