@@ -224,7 +224,8 @@ def _export_graphs(
             convert_fp16(path)
             _log(f"converted {name} to fp16 (inputs and outputs keep their types)", start)
         problems = tensorrt_problems(path)
-        _log(f"TensorRT parser check of {name}: " + ("ok" if not problems else "; ".join(problems[:3])), start)
+        verdict = f"{len(problems)} problem(s), the first: {problems[0]}" if problems else "ok"
+        _log(f"TensorRT parser check of {name}: {verdict}", start)
         if problems and args.tensorrt:
             raise SystemExit(f"error: --tensorrt, but TensorRT cannot parse {name}: {problems[0]}")
         paths[name] = path
