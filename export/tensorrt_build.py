@@ -24,11 +24,11 @@ import importlib
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from export.tensorrt_check import tensorrt_problems
+from runtime.backends import GpuUnavailable, gpu_compute_capability
 from runtime.contract import GraphSpec
 from runtime.manifest import Manifest, file_sha256
 
@@ -153,31 +153,16 @@ def _tensorrt_modules():
     return trt, backend
 
 
-def compute_capability() -> str:
-    """'8.7' for the first CUDA device, from nvidia-smi (pass --sm where it is missing, as on older Jetsons)."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-    except (OSError, subprocess.CalledProcessError) as err:
-        raise TensorRTUnavailable(
-            f"no CUDA GPU found through nvidia-smi ({err}); on a Jetson pass --sm, e.g. 87"
-        ) from err
-    if not out:
-        raise TensorRTUnavailable("nvidia-smi lists no GPU")
-    return out[0]
-
-
 def build_plans(
     directory: Path, precision: str = "fp16", refittable: bool = False, sm: str | None = None
 ) -> dict[str, dict]:
     """Builds every graph's plan here (needs tensorrt, Polygraphy and a GPU); returns the manifest entries."""
     trt, poly = _tensorrt_modules()
     manifest = Manifest.read(directory)
-    capability = sm or compute_capability()
+    try:
+        capability = sm or gpu_compute_capability()
+    except GpuUnavailable as err:
+        raise TensorRTUnavailable(f"{err} (--sm)") from err
     cache = directory / TIMING_CACHE
     plans = {}
     for name, entry in manifest.graphs.items():

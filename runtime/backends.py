@@ -136,17 +136,27 @@ def select_plan(plans: list[dict], trt_version: str, capability: str, graph: str
     )
 
 
-def _gpu_compute_capability() -> str:
+class GpuUnavailable(RuntimeError):
+    """No CUDA GPU (or no nvidia-smi to ask) on this machine."""
+
+
+def gpu_compute_capability() -> str:
+    """'8.7' for the first CUDA device, from nvidia-smi."""
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             check=True,
-        )
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError) as err:
-        raise RuntimeError(f"the tensorrt backend needs a CUDA GPU; nvidia-smi failed: {err}") from err
-    return out.stdout.split()[0]
+        raise GpuUnavailable(
+            f"no CUDA GPU found through nvidia-smi ({err}); where nvidia-smi is missing (older Jetsons) "
+            "give the compute capability by hand, e.g. 8.7 for Orin"
+        ) from err
+    if not out:
+        raise GpuUnavailable("nvidia-smi lists no GPU")
+    return out[0]
 
 
 class TensorRTGraph:
@@ -161,7 +171,7 @@ class TensorRTGraph:
                 "the tensorrt backend needs the tensorrt and polygraphy packages on an NVIDIA GPU machine "
                 f"({err}); use backend='onnxruntime' elsewhere"
             ) from err
-        plan = select_plan(plans, trt.__version__, capability or _gpu_compute_capability(), spec.name)
+        plan = select_plan(plans, trt.__version__, capability or gpu_compute_capability(), spec.name)
         path = directory / plan["file"]
         if not path.is_file() or file_sha256(path) != plan["sha256"]:
             raise EngineDirError(f"{path} is missing or does not match its sha256 in manifest.json; rebuild it")

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from export import build_engine, tensorrt_build, trt_attention_fp32
 from export.tensorrt_build import profile_shapes
 from export.tensorrt_check import support_table, tensorrt_problems
-from runtime.backends import onnxruntime_providers, select_plan
+from runtime.backends import GpuUnavailable, gpu_compute_capability, onnxruntime_providers, select_plan
 from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import EngineDirError, Manifest
@@ -263,3 +263,9 @@ def test_onnxruntime_tensorrt_profiles_come_from_the_descriptors(built):
     assert options["trt_profile_min_shapes"] == "image:32x32x3,mask:32x32"
     assert options["trt_profile_max_shapes"] == "image:512x512x3,mask:512x512"
     assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"].endswith("ort_trt_cache")
+
+
+def test_a_missing_gpu_is_named(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi, as on this machine or an older Jetson
+    with pytest.raises(GpuUnavailable, match="give the compute capability by hand"):
+        gpu_compute_capability()
