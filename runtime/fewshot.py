@@ -95,6 +95,11 @@ class FewShotSegmenter:
         self._bank = bank
 
     @property
+    def bank(self) -> dict[str, np.ndarray]:
+        """The cached support bank: name -> (S, N_l, C_l) float32 (what `save_support` writes)."""
+        return self._require_bank()
+
+    @property
     def shots(self) -> int:
         return 0 if self._bank is None else int(self._bank[self.bank_names[0]].shape[0])
 

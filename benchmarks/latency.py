@@ -1,0 +1,359 @@
+"""Per-stage latency of DiffewS: the authors' way (PyTorch eager) against this toolkit's runtime, measured in one run.
+
+    python -m benchmarks.latency --engines engines/synth-diffews --out bench/synth
+    python -m benchmarks.latency --arch sd21 --out bench/sd21      # SD 2.1 architecture, random weights
+
+Rows (one query against a fixed support set, 1 shot by default, at the model resolution):
+
+| row | what a query costs |
+| --- | --- |
+| `reference` | the released code's way: every query re-encodes the support image and mask, runs the whole support UNet (not stopped after the last self-attention), then encodes the query, runs the query UNet and the full VAE decoder; PyTorch eager, fp32 |
+| `torch-cached` | the same PyTorch model with the support bank computed once: query encode, UNet, decode |
+| `onnxruntime` | the engine directory's `query_segmenter` graph (bank computed once by `support_encoder`), CPU |
+
+Stages: `support` (per query in `reference`, once otherwise), `query_encode`, `query_unet`,
+`readout` (VAE decode and threshold), plus `io` in the runtime (in-graph resizing and casts).
+PyTorch stages are timed one by one; the runtime's query graph is timed whole and split by
+stage with ONNX Runtime's profiler (each node's exporter name scope tells its stage). Medians
+after warm-up, with min and max; ratios against `reference` come from this same run.
+FLOPs per stage are counted with `torch.utils.flop_counter` and set against the machine's peak,
+measured in the same run with a large fp32 matmul. Writes `latency.json`, `latency.md` and
+`latency.png` into --out. Speed does not depend on the weights, so `--arch sd21` uses random ones
+(the engines are exported once into `engines/sd21-random` and reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from modeling.diffews import DiffewsModel
+from modeling.diffews_folder import load_diffews, model_hash
+from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER
+from runtime.fewshot import FewShotSegmenter
+from runtime.manifest import Manifest
+from segdata.episodes import EpisodeSampler
+from segdata.synthetic import SyntheticFewShot
+from segdata.world import SyntheticWorld
+
+STAGES = ("support", "query_encode", "query_unet", "readout", "io")
+SD21_ENGINES = Path("engines/sd21-random")
+
+
+def timed(fn, repeats: int, warmup: int) -> dict:
+    """Median, min and max wall time of fn() in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+
+
+def flops_of(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Practical fp32 peak of this machine: a large matmul, best of `repeats`.
+
+    Convolutions can beat it (oneDNN may pick Winograd-style algorithms that do fewer multiplies
+    than the FLOPs counted), so a stage can show more than 100 % of this peak.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = min(timed(lambda: torch.matmul(a, b), 1, 1)["median_ms"] for _ in range(repeats))
+    return 2 * size**3 / best / 1e6
+
+
+# --------------------------------------------------------------------------- PyTorch rows
+def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], query: np.ndarray) -> dict:
+    """The PyTorch stage callables on one episode, inputs already at the model resolution."""
+    from modeling.imaging import images_to_tensor, masks_to_tensor
+
+    image, mask = images_to_tensor(support[0][None]), masks_to_tensor(support[1][None])
+    x_query = images_to_tensor(query[None])
+    state: dict = {}
+
+    def full_support():  # the released code: both encodes, then the whole support UNet
+        state["bank"] = model.support_bank(model.encode(image)[:, None], model.encode(mask)[:, None], stop_early=False)
+
+    def cached_support():
+        state["bank"] = model.support_bank(model.encode(image)[:, None], model.encode(mask)[:, None])
+
+    def query_encode():
+        state["z"] = model.encode(x_query)
+
+    def query_unet():
+        state["out"] = model.predict_mask_latents(state["z"], state["bank"])
+
+    def readout():
+        state["mask"] = model.decode_masks(state["out"])
+
+    cached_support()
+    query_encode()
+    query_unet()
+    return {
+        "support_full": full_support,
+        "support_cached": cached_support,
+        "query_encode": query_encode,
+        "query_unet": query_unet,
+        "readout": readout,
+    }
+
+
+def measure_torch(model, episode, repeats: int, warmup: int) -> tuple[dict, dict]:
+    """Per-stage timings and FLOPs of the PyTorch pipeline (both support variants)."""
+    stages = torch_stages(model, *episode)
+    timings, flops = {}, {}
+    with torch.no_grad():
+        for name, fn in stages.items():
+            flops[name] = flops_of(fn)
+            timings[name] = timed(fn, repeats, warmup)
+            print(f"  torch {name}: {timings[name]['median_ms']:.1f} ms", flush=True)
+    return timings, flops
+
+
+# --------------------------------------------------------------------------- runtime row
+def stage_of(scopes: str) -> str:
+    """Benchmark stage of a query-graph node from its exporter name scopes."""
+    if "model.vae.encoder" in scopes or "model.vae.quant_conv" in scopes:
+        return "query_encode"
+    if "model.unet" in scopes:
+        return "query_unet"
+    if "model.vae.decoder" in scopes or "model.vae.post_quant_conv" in scopes:
+        return "readout"
+    return "io"
+
+
+def node_stages(graph_path: Path) -> dict[str, str]:
+    """Node name -> stage, from the `pkg.torch.onnx.name_scopes` metadata the dynamo exporter writes."""
+    model = onnx.load(str(graph_path), load_external_data=False)
+    stages = {}
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        stages[node.name] = stage_of(scopes)
+    return stages
+
+
+def profiled_split(engines: Path, feed: dict, threads: int | None, runs: int = 2) -> dict[str, float]:
+    """Share of the query graph's kernel time per stage, from ONNX Runtime's profiler."""
+    import onnxruntime as ort
+
+    manifest = Manifest.read(engines, verify=False)
+    path = engines / manifest.graph(QUERY_SEGMENTER).file
+    options = ort.SessionOptions()
+    # Unfused, so every profiled node keeps its exported name (and stage); only the shares are used.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_profiling = True
+    if threads:
+        options.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "query")
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    stages, totals = node_stages(path), defaultdict(float)
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            totals[stages.get(name[: -len("_kernel_time")], "io")] += event["dur"]
+    whole = sum(totals.values()) or 1.0
+    return {stage: totals[stage] / whole for stage in ("query_encode", "query_unet", "readout", "io")}
+
+
+def _time_runtime(engines: Path, episode, repeats: int, warmup: int, threads: int | None) -> tuple[dict, dict, dict]:
+    """(support timing, query timing, the query graph's feed) with a FewShotSegmenter."""
+    segmenter = FewShotSegmenter.from_dir(engines, threads=threads, verify=False)
+    (image, mask), query = episode
+    support = timed(lambda: segmenter.set_support(image, mask), repeats, warmup)
+    query_ms = timed(lambda: segmenter.segment(query), repeats, warmup + 1)  # ORT: the 2nd run is still slow
+    feed = {"image": query, "threshold": np.array(segmenter.threshold, np.float32), **segmenter.bank}
+    return support, query_ms, feed
+
+
+def measure_runtime(engines: Path, episode, repeats: int, warmup: int, threads: int | None) -> dict:
+    support, query, feed = _time_runtime(engines, episode, repeats, warmup, threads)  # its sessions are freed here
+    print(f"  runtime support: {support['median_ms']:.1f} ms, query: {query['median_ms']:.1f} ms", flush=True)
+    return {"support": support, "query": query, "split": profiled_split(engines, feed, threads)}
+
+
+# --------------------------------------------------------------------------- the run
+def load_models(engines: Path) -> tuple[DiffewsModel, Manifest]:
+    """The PyTorch model the engines were built from (SDPA attention, as eager users run it)."""
+    manifest = Manifest.read(engines, verify=False)
+    if manifest.model.get("base") == "sd21" and manifest.model["hash"].startswith("random-sd21"):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from modeling.configs import SD21_UNET, SD21_VAE
+
+        torch.manual_seed(0)  # the weights of `build_engine --random-arch sd21` (speed does not depend on them)
+        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
+        embedding = torch.randn(1, 77, SD21_UNET["cross_attention_dim"])
+        return DiffewsModel(unet, vae, embedding, resolution=manifest.resolution).eval(), manifest
+    folder = Path(manifest.model["source"])
+    if model_hash(folder) != manifest.model["hash"]:
+        raise SystemExit(f"error: {folder} is not the model {engines} was built from (hash differs)")
+    return load_diffews(folder), manifest
+
+
+def sample_episode(resolution: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """One held-out synthetic 1-shot episode at the model resolution: ((image, mask), query)."""
+    source = SyntheticFewShot(SyntheticWorld(resolution=resolution, seed=0), fold=0, split="val", size=60)
+    episode = next(EpisodeSampler(source, 1).fixed_episodes(1, seed=3))
+    return (episode.support_images[0], episode.support_masks[0].astype(np.uint8)), episode.query_image
+
+
+def assemble(torch_ms: dict, torch_flops: dict, runtime: dict, peak_gflops: float) -> list[dict]:
+    """The table's rows: per-stage medians, per-query totals, ratios to `reference`, FLOP use."""
+
+    def median(t):
+        return t["median_ms"]
+
+    query_stages = {s: median(torch_ms[s]) for s in ("query_encode", "query_unet", "readout")}
+    reference = {"support": median(torch_ms["support_full"]), **query_stages, "io": 0.0}
+    cached = {"support": 0.0, **query_stages, "io": 0.0}
+    query = median(runtime["query"])
+    ort = {"support": 0.0, **{s: query * share for s, share in runtime["split"].items()}}
+    flops = {
+        "support": torch_flops["support_full"],
+        **{s: torch_flops[s] for s in ("query_encode", "query_unet", "readout")},
+        "io": 0,
+    }
+    rows = []
+    for name, stages, once in (
+        ("reference", reference, 0.0),
+        ("torch-cached", cached, median(torch_ms["support_cached"])),
+        ("onnxruntime", ort, median(runtime["support"])),
+    ):
+        total = sum(stages.values())
+        row_flops = sum(f for s, f in flops.items() if name == "reference" or s != "support")
+        rows.append(
+            {
+                "row": name,
+                "stages_ms": stages,
+                "query_ms": total,
+                "support_once_ms": once,
+                "speedup_vs_reference": sum(reference.values()) / total,
+                "gflop_per_query": row_flops / 1e9,
+                "fraction_of_peak": row_flops / 1e9 / (total / 1000) / peak_gflops,
+            }
+        )
+    rows[0]["spread_ms"] = {s: torch_ms[s] for s in ("support_full", "query_encode", "query_unet", "readout")}
+    rows[2]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Model: {result['model']} at {result['resolution']} px, 1 shot, {result['threads']} threads; "
+        f"medians of {result['repeats']} after warm-up; fp32 matmul peak {result['peak_gflops']:.0f} GFLOP/s.",
+        "",
+        "| row | support ms | query encode ms | query UNet ms | read-out ms | io ms | ms per query | speed-up | "
+        "GFLOP per query | % of matmul peak | support once ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["rows"]:
+        s = r["stages_ms"]
+        lines.append(
+            f"| {r['row']} | {s['support']:.0f} | {s['query_encode']:.0f} | {s['query_unet']:.0f} | "
+            f"{s['readout']:.0f} | {s['io']:.0f} | **{r['query_ms']:.0f}** | {r['speedup_vs_reference']:.2f}x | "
+            f"{r['gflop_per_query']:.1f} | {100 * r['fraction_of_peak']:.0f} % | {r['support_once_ms']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Stacked bars: each row's per-query time by stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.8 + 0.6 * len(rows)))
+    left = np.zeros(len(rows))
+    for stage in STAGES:
+        widths = np.array([r["stages_ms"][stage] for r in rows]) / 1000
+        ax.barh([r["row"] for r in rows], widths, left=left, label=stage)
+        left += widths
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per query")
+    ax.set_title(f"DiffewS latency per query, {Path(result['model']).name} at {result['resolution']} px")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def ensure_sd21_engines(threads: int | None) -> Path:
+    """engines/sd21-random, exported once (several minutes and about 17 GB of memory) and reused."""
+    if not (SD21_ENGINES / "manifest.json").is_file():
+        from export import build_engine
+
+        argv = ["--random-arch", "sd21", "--out", str(SD21_ENGINES), "--max-shots", "2", "--parity-episodes", "1"]
+        build_engine.main(argv + (["--threads", str(threads)] if threads else []))
+    return SD21_ENGINES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", type=Path, default=None, help="engine directory (default: by --arch)")
+    parser.add_argument("--arch", choices=("default", "sd21"), default="default", help="sd21: random weights")
+    parser.add_argument("--out", type=Path, required=True, help="folder for latency.json / .md / .png")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    args = parser.parse_args(argv)
+    outputs = [args.out / f"latency.{ext}" for ext in ("json", "md", "png")]
+    if any(p.exists() for p in outputs) and not args.overwrite:
+        raise SystemExit(f"error: {args.out} already holds results; pass --overwrite to replace them")
+    if args.engines is None:
+        args.engines = ensure_sd21_engines(args.threads) if args.arch == "sd21" else Path("engines/synth-diffews")
+    torch.set_num_threads(args.threads)
+
+    model, manifest = load_models(args.engines)
+    episode = sample_episode(manifest.resolution)
+    print(f"measuring {manifest.model['source']} at {manifest.resolution} px ...", flush=True)
+    peak = peak_gflops()
+    torch_ms, torch_flops = measure_torch(model, episode, args.repeats, args.warmup)
+    del model  # the runtime's sessions need the memory at SD 2.1 size
+    runtime = measure_runtime(args.engines, episode, args.repeats, args.warmup, args.threads)
+    peak = max(peak, peak_gflops())  # before and after: contention only lowers a reading
+    result = {
+        "model": manifest.model["source"],
+        "resolution": manifest.resolution,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "peak_gflops": peak,
+        "rows": assemble(torch_ms, torch_flops, runtime, peak),
+        "runtime_split": runtime["split"],
+        "graphs": [manifest.graph(g).file for g in (SUPPORT_ENCODER, QUERY_SEGMENTER)],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    outputs[0].write_text(json.dumps(result, indent=1))
+    outputs[1].write_text(markdown(result))
+    plot(result, outputs[2])
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

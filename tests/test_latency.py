@@ -1,0 +1,42 @@
+"""benchmarks.latency on the tiny engines: every row and stage is measured and written; no speed is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import latency
+from runtime.manifest import Manifest
+
+
+def test_latency_rows_stages_and_outputs(built, tmp_path):
+    _, engines = built
+    out = tmp_path / "bench"
+    latency.main(["--engines", str(engines), "--out", str(out), "--repeats", "1", "--warmup", "0", "--threads", "1"])
+    result = json.loads((out / "latency.json").read_text())
+    rows = {r["row"]: r for r in result["rows"]}
+    assert list(rows) == ["reference", "torch-cached", "onnxruntime"]
+    reference, cached, runtime = rows["reference"], rows["torch-cached"], rows["onnxruntime"]
+    assert reference["stages_ms"]["support"] > 0 and reference["speedup_vs_reference"] == pytest.approx(1.0)
+    # The cached rows pay the support once, not per query; they do the same query work.
+    assert cached["stages_ms"]["support"] == 0 and cached["support_once_ms"] > 0
+    assert runtime["support_once_ms"] > 0
+    assert reference["gflop_per_query"] > cached["gflop_per_query"] == pytest.approx(runtime["gflop_per_query"])
+    for row in rows.values():
+        assert row["query_ms"] == pytest.approx(sum(row["stages_ms"].values()))
+    assert sum(result["runtime_split"].values()) == pytest.approx(1.0)
+    assert result["runtime_split"]["query_unet"] > 0 and result["runtime_split"]["readout"] > 0
+    assert "| onnxruntime |" in (out / "latency.md").read_text()
+    assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="--overwrite"):
+        latency.main(["--engines", str(engines), "--out", str(out)])
+
+
+def test_every_query_graph_node_gets_a_stage(built):
+    _, engines = built
+    graph = engines / Manifest.read(engines).graph("query_segmenter").file
+    stages = latency.node_stages(graph)
+    counts = {s: list(stages.values()).count(s) for s in ("query_encode", "query_unet", "readout", "io")}
+    assert all(counts.values()), counts
+    assert counts["query_unet"] > counts["query_encode"]  # the UNet is most of the graph
