@@ -38,9 +38,9 @@ import onnx
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling.diffews import DiffewsModel
+from modeling.diffews import RANDOM_SD21_HASH, DiffewsModel, random_sd21_diffews
 from modeling.diffews_folder import load_diffews, model_hash
-from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER
+from runtime.contract import QUERY_SEGMENTER
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import Manifest
 from segdata.episodes import EpisodeSampler
@@ -105,16 +105,22 @@ def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], qu
     def readout():
         state["mask"] = model.decode_masks(state["out"])
 
+    def readout_fast():
+        state["mask"] = model.decode_masks(state["out"], fast=True)
+
     cached_support()
     query_encode()
     query_unet()
-    return {
+    stages = {
         "support_full": full_support,
         "support_cached": cached_support,
         "query_encode": query_encode,
         "query_unet": query_unet,
         "readout": readout,
     }
+    if model.mask_decoder is not None:
+        stages["readout_fast"] = readout_fast
+    return stages
 
 
 def measure_torch(model, episode, repeats: int, warmup: int) -> tuple[dict, dict]:
@@ -136,7 +142,7 @@ def stage_of(scopes: str) -> str:
         return "query_encode"
     if "model.unet" in scopes:
         return "query_unet"
-    if "model.vae.decoder" in scopes or "model.vae.post_quant_conv" in scopes:
+    if any(k in scopes for k in ("model.vae.decoder", "model.vae.post_quant_conv", "model.mask_decoder")):
         return "readout"
     return "io"
 
@@ -190,23 +196,22 @@ def _time_runtime(engines: Path, episode, repeats: int, warmup: int, threads: in
 
 def measure_runtime(engines: Path, episode, repeats: int, warmup: int, threads: int | None) -> dict:
     support, query, feed = _time_runtime(engines, episode, repeats, warmup, threads)  # its sessions are freed here
-    print(f"  runtime support: {support['median_ms']:.1f} ms, query: {query['median_ms']:.1f} ms", flush=True)
-    return {"support": support, "query": query, "split": profiled_split(engines, feed, threads)}
+    decoder = Manifest.read(engines, verify=False).readout.get("decoder", "vae")
+    print(f"  runtime ({engines}, {decoder}) support {support['median_ms']:.1f} ms, query {query['median_ms']:.1f} ms")
+    split = profiled_split(engines, feed, threads)
+    return {"engines": str(engines), "decoder": decoder, "support": support, "query": query, "split": split}
 
 
 # --------------------------------------------------------------------------- the run
-def load_models(engines: Path) -> tuple[DiffewsModel, Manifest]:
+def load_models(engines: list[Path]) -> tuple[DiffewsModel, Manifest]:
     """The PyTorch model the engines were built from (SDPA attention, as eager users run it)."""
-    manifest = Manifest.read(engines, verify=False)
-    if manifest.model.get("base") == "sd21" and manifest.model["hash"].startswith("random-sd21"):
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        from modeling.configs import SD21_UNET, SD21_VAE
-
-        torch.manual_seed(0)  # the weights of `build_engine --random-arch sd21` (speed does not depend on them)
-        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
-        embedding = torch.randn(1, 77, SD21_UNET["cross_attention_dim"])
-        return DiffewsModel(unet, vae, embedding, resolution=manifest.resolution).eval(), manifest
+    manifests = [Manifest.read(e, verify=False) for e in engines]
+    # The source of a fast-read-out build carries the mask decoder its PyTorch FLOPs are counted on.
+    manifest = max(manifests, key=lambda m: m.readout.get("decoder") == "mask_decoder")
+    if len({m.model["hash"] for m in manifests}) > 1:
+        raise SystemExit(f"error: the engine directories {engines} were built from different models")
+    if manifest.model["hash"] == RANDOM_SD21_HASH:
+        return random_sd21_diffews(), manifest
     folder = Path(manifest.model["source"])
     if model_hash(folder) != manifest.model["hash"]:
         raise SystemExit(f"error: {folder} is not the model {engines} was built from (hash differs)")
@@ -220,43 +225,61 @@ def sample_episode(resolution: int) -> tuple[tuple[np.ndarray, np.ndarray], np.n
     return (episode.support_images[0], episode.support_masks[0].astype(np.uint8)), episode.query_image
 
 
-def assemble(torch_ms: dict, torch_flops: dict, runtime: dict, peak_gflops: float) -> list[dict]:
-    """The table's rows: per-stage medians, per-query totals, ratios to `reference`, FLOP use."""
+def _row(name: str, stages: dict, once: float, flops: float, reference_ms: float, peak: float) -> dict:
+    total = sum(stages.values())
+    return {
+        "row": name,
+        "stages_ms": stages,
+        "query_ms": total,
+        "support_once_ms": once,
+        "speedup_vs_reference": reference_ms / total,
+        "gflop_per_query": flops / 1e9,
+        "fraction_of_peak": flops / 1e9 / (total / 1000) / peak,
+    }
+
+
+def assemble(torch_ms: dict, torch_flops: dict, runtimes: list[dict], peak: float) -> list[dict]:
+    """The table's rows: per-stage medians, per-query totals, ratios to `reference`, FLOP use.
+
+    Args:
+        runtimes: per engine directory, `measure_runtime`'s result plus its "decoder" ("vae" or "mask_decoder").
+    """
 
     def median(t):
         return t["median_ms"]
 
     query_stages = {s: median(torch_ms[s]) for s in ("query_encode", "query_unet", "readout")}
     reference = {"support": median(torch_ms["support_full"]), **query_stages, "io": 0.0}
-    cached = {"support": 0.0, **query_stages, "io": 0.0}
-    query = median(runtime["query"])
-    ort = {"support": 0.0, **{s: query * share for s, share in runtime["split"].items()}}
-    flops = {
-        "support": torch_flops["support_full"],
-        **{s: torch_flops[s] for s in ("query_encode", "query_unet", "readout")},
-        "io": 0,
-    }
-    rows = []
-    for name, stages, once in (
-        ("reference", reference, 0.0),
-        ("torch-cached", cached, median(torch_ms["support_cached"])),
-        ("onnxruntime", ort, median(runtime["support"])),
-    ):
-        total = sum(stages.values())
-        row_flops = sum(f for s, f in flops.items() if name == "reference" or s != "support")
-        rows.append(
-            {
-                "row": name,
-                "stages_ms": stages,
-                "query_ms": total,
-                "support_once_ms": once,
-                "speedup_vs_reference": sum(reference.values()) / total,
-                "gflop_per_query": row_flops / 1e9,
-                "fraction_of_peak": row_flops / 1e9 / (total / 1000) / peak_gflops,
-            }
-        )
+    query_flops = torch_flops["query_encode"] + torch_flops["query_unet"]
+    reference_ms = sum(reference.values())
+    rows = [
+        _row(
+            "reference",
+            reference,
+            0.0,
+            torch_flops["support_full"] + query_flops + torch_flops["readout"],
+            reference_ms,
+            peak,
+        ),
+        _row(
+            "torch-cached",
+            {**reference, "support": 0.0},
+            median(torch_ms["support_cached"]),
+            query_flops + torch_flops["readout"],
+            reference_ms,
+            peak,
+        ),
+    ]
     rows[0]["spread_ms"] = {s: torch_ms[s] for s in ("support_full", "query_encode", "query_unet", "readout")}
-    rows[2]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}
+    for runtime in runtimes:
+        query = median(runtime["query"])
+        stages = {"support": 0.0, **{s: query * share for s, share in runtime["split"].items()}}
+        fast = runtime["decoder"] == "mask_decoder"
+        readout_flops = torch_flops["readout_fast"] if fast else torch_flops["readout"]
+        name = "onnxruntime, fast read-out" if fast else "onnxruntime"
+        rows.append(_row(name, stages, median(runtime["support"]), query_flops + readout_flops, reference_ms, peak))
+        rows[-1]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}
+        rows[-1]["engines"] = runtime["engines"]
     return rows
 
 
@@ -302,19 +325,26 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def ensure_sd21_engines(threads: int | None) -> Path:
-    """engines/sd21-random, exported once (several minutes and about 17 GB of memory) and reused."""
-    if not (SD21_ENGINES / "manifest.json").is_file():
-        from export import build_engine
+def ensure_sd21_engines(threads: int | None) -> list[Path]:
+    """engines/sd21-random (VAE read-out) and engines/sd21-random-fast (distilled read-out), exported once
+    (several minutes and about 17 GB of memory each) and reused."""
+    from export import build_engine
 
-        argv = ["--random-arch", "sd21", "--out", str(SD21_ENGINES), "--max-shots", "2", "--parity-episodes", "1"]
-        build_engine.main(argv + (["--threads", str(threads)] if threads else []))
-    return SD21_ENGINES
+    directories = []
+    for folder, decoder in ((SD21_ENGINES, "vae"), (SD21_ENGINES.with_name(SD21_ENGINES.name + "-fast"), "fast")):
+        if not (folder / "manifest.json").is_file():
+            argv = ["--random-arch", "sd21", "--out", str(folder), "--max-shots", "2", "--parity-episodes", "1"]
+            argv += ["--readout-decoder", decoder] + (["--threads", str(threads)] if threads else [])
+            build_engine.main(argv)
+        directories.append(folder)
+    return directories
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engines", type=Path, default=None, help="engine directory (default: by --arch)")
+    parser.add_argument(
+        "--engines", type=Path, nargs="+", default=None, help="engine directories of one model (default: by --arch)"
+    )
     parser.add_argument("--arch", choices=("default", "sd21"), default="default", help="sd21: random weights")
     parser.add_argument("--out", type=Path, required=True, help="folder for latency.json / .md / .png")
     parser.add_argument("--repeats", type=int, default=3)
@@ -326,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(p.exists() for p in outputs) and not args.overwrite:
         raise SystemExit(f"error: {args.out} already holds results; pass --overwrite to replace them")
     if args.engines is None:
-        args.engines = ensure_sd21_engines(args.threads) if args.arch == "sd21" else Path("engines/synth-diffews")
+        args.engines = ensure_sd21_engines(args.threads) if args.arch == "sd21" else [Path("engines/synth-diffews")]
     torch.set_num_threads(args.threads)
 
     model, manifest = load_models(args.engines)
@@ -335,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_gflops()
     torch_ms, torch_flops = measure_torch(model, episode, args.repeats, args.warmup)
     del model  # the runtime's sessions need the memory at SD 2.1 size
-    runtime = measure_runtime(args.engines, episode, args.repeats, args.warmup, args.threads)
+    runtimes = [measure_runtime(e, episode, args.repeats, args.warmup, args.threads) for e in args.engines]
     peak = max(peak, peak_gflops())  # before and after: contention only lowers a reading
     result = {
         "model": manifest.model["source"],
@@ -343,9 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "repeats": args.repeats,
         "peak_gflops": peak,
-        "rows": assemble(torch_ms, torch_flops, runtime, peak),
-        "runtime_split": runtime["split"],
-        "graphs": [manifest.graph(g).file for g in (SUPPORT_ENCODER, QUERY_SEGMENTER)],
+        "rows": assemble(torch_ms, torch_flops, runtimes, peak),
+        "runtime_splits": {r["engines"]: r["split"] for r in runtimes},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     outputs[0].write_text(json.dumps(result, indent=1))

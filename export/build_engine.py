@@ -34,7 +34,7 @@ from export.onnx_export import export_onnx, operator_counts
 from export.optimize import convert_fp16, fuse_operators
 from export.parity import ParityError, ParityRow, check_parity, compare_outputs, parity_table, summarise
 from export.tensorrt_check import tensorrt_problems
-from modeling.diffews import DiffewsModel
+from modeling.diffews import RANDOM_SD21_HASH, RANDOM_SD21_SOURCE, DiffewsModel, random_sd21_diffews
 from modeling.diffews_folder import load_diffews, model_hash, read_config
 from modeling.presets import PRETRAINED_DIR, ModelFolderError
 from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, GraphSpec, diffews_graph_specs
@@ -116,7 +116,9 @@ def build(args: argparse.Namespace) -> Path:
                 f"error: --resolution must be a multiple of 64 (latent side divisible by 8), got {args.resolution}"
             )
         model.resolution = args.resolution
-    _log(f"loaded {source['source']} (resolution {model.resolution}, read-out {model.readout})", start)
+    args.fast_readout = _fast_readout(args.readout_decoder, model)
+    decoder = "distilled mask decoder" if args.fast_readout else "VAE decoder"
+    _log(f"loaded {source['source']} (resolution {model.resolution}, read-out {model.readout}, {decoder})", start)
 
     layers = fused_layers(model)
     specs = diffews_graph_specs(
@@ -134,7 +136,7 @@ def build(args: argparse.Namespace) -> Path:
     work.mkdir(parents=True)
     try:
         graphs = _export_graphs(model, specs, samples, work, args, start)
-        rows = _parity(model, specs, samples, graphs, args.threads, start)
+        rows = _parity(model, specs, samples, graphs, args.threads, args.fast_readout, start)
         table = parity_table(rows)
         print(table)
         (work / "parity.md").write_text(table + "\n")
@@ -144,7 +146,11 @@ def build(args: argparse.Namespace) -> Path:
             kind="diffews",
             model={k: v for k, v in source.items() if k != "fold"},
             resolution=model.resolution,
-            readout={"mode": mode, "threshold": readout_threshold(model)},
+            readout={
+                "mode": mode,
+                "threshold": readout_threshold(model),
+                "decoder": "mask_decoder" if args.fast_readout else "vae",
+            },
             max_shots=args.max_shots,
             precision=args.precision,
             layers=layers,
@@ -175,19 +181,22 @@ def load_source(args: argparse.Namespace) -> tuple[DiffewsModel, dict]:
     if args.random_arch:
         # Speed and graph size do not depend on the weights: the SD 2.1 architecture with random
         # weights exercises the full-size export (external data) without a download.
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        from modeling.configs import SD21_UNET, SD21_VAE
-
-        torch.manual_seed(0)
-        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
-        embedding = torch.randn(1, 77, SD21_UNET["cross_attention_dim"])
-        model = DiffewsModel(unet, vae, embedding, resolution=512, attention="matmul").eval()
-        return model, {"source": "random sd21 (seed 0)", "hash": "random-sd21-seed0", "base": "sd21", "fold": 0}
+        model = random_sd21_diffews(attention="matmul")
+        return model, {"source": RANDOM_SD21_SOURCE, "hash": RANDOM_SD21_HASH, "base": "sd21", "fold": 0}
     config = read_config(args.model)
     model = load_diffews(args.model, attention="matmul")
     source = {"source": str(args.model), "hash": model_hash(args.model), "base": config.get("base")}
     return model, {**source, "fold": int(config.get("data", {}).get("fold", 0))}
+
+
+def _fast_readout(choice: str, model: DiffewsModel) -> bool:
+    """--readout-decoder fast needs the model's distilled mask decoder."""
+    if choice == "fast" and model.mask_decoder is None:
+        raise SystemExit(
+            "error: --readout-decoder fast, but the model has no mask_decoder/; train one with "
+            "python -m train.mask_decoder --model DIR"
+        )
+    return choice == "fast"
 
 
 def readout_threshold(model: DiffewsModel) -> float:
@@ -208,7 +217,7 @@ def _export_graphs(
     query_sample.update({t.name: b for t, b in zip(specs[QUERY_SEGMENTER].inputs[2:], bank)})
     modules = {
         SUPPORT_ENCODER: (support, {"image": image, "mask": mask}, 0),
-        QUERY_SEGMENTER: (QuerySegmenter(model), query_sample, len(bank)),
+        QUERY_SEGMENTER: (QuerySegmenter(model, args.fast_readout), query_sample, len(bank)),
     }
     paths = {}
     for name, (module, sample, packed) in modules.items():
@@ -233,12 +242,18 @@ def _export_graphs(
 
 
 def _parity(
-    model: DiffewsModel, specs: dict[str, GraphSpec], samples: list[dict], graphs: dict[str, Path], threads, start
+    model: DiffewsModel,
+    specs: dict[str, GraphSpec],
+    samples: list[dict],
+    graphs: dict[str, Path],
+    threads,
+    fast_readout: bool,
+    start: float,
 ) -> list[ParityRow]:
     _log("parity against PyTorch ...", start)
     support_graph = GraphSession(graphs[SUPPORT_ENCODER], specs[SUPPORT_ENCODER], threads=threads)
     query_graph = GraphSession(graphs[QUERY_SEGMENTER], specs[QUERY_SEGMENTER], threads=threads)
-    support, query = SupportEncoder(model), QuerySegmenter(model)
+    support, query = SupportEncoder(model), QuerySegmenter(model, fast_readout)
     threshold = np.array(readout_threshold(model), dtype=np.float32)
     rows = []
     for sample in samples:
@@ -274,6 +289,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-side", type=int, default=4096, help="largest image side the graphs accept")
     parser.add_argument(
         "--optimize", action="store_true", help="fuse operators with ONNX Runtime's transformer optimizer"
+    )
+    parser.add_argument(
+        "--readout-decoder",
+        choices=("vae", "fast"),
+        default="vae",
+        help="mask read-out in the query graph: the VAE decoder (the method's), or the model's distilled "
+        "mask_decoder/ (much cheaper; see its agreement figures)",
     )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity runs")
     parser.add_argument("--parity-episodes", type=int, default=3, help="held-out episodes (1-3) the parity runs on")

@@ -58,11 +58,15 @@ class SupportEncoder(nn.Module):
 
 
 class QuerySegmenter(nn.Module):
-    """A query image, the read-out threshold and an S-shot bank -> the query's uint8 mask at its own size."""
+    """A query image, the read-out threshold and an S-shot bank -> the query's uint8 mask at its own size.
 
-    def __init__(self, model: DiffewsModel):
+    Args:
+        fast_readout: decode the mask latent with the model's distilled `mask_decoder` instead of the VAE decoder.
+    """
+
+    def __init__(self, model: DiffewsModel, fast_readout: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.fast_readout = model, fast_readout
 
     def forward(self, image: torch.Tensor, threshold: torch.Tensor, *bank: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -74,7 +78,7 @@ class QuerySegmenter(nn.Module):
         z_query = model.encode(_image_to_model(image, model.resolution))
         with model.fusion.reading(kv):
             output = model.unet(z_query, TIMESTEP, encoder_hidden_states=model.empty_embedding).sample
-        decoded = model.vae.decode(-output / model.vae.config.scaling_factor).sample
+        decoded = model.decode_mask_images(-output, fast=self.fast_readout)
         x = (decoded.clamp(-1, 1) + 1) / 2  # [1, 3, R, R] in [0, 1]
         if model.readout.relative is not None:
             cut = threshold * x.max()

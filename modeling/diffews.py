@@ -150,6 +150,8 @@ class DiffewsModel(nn.Module):
         resolution: image side the model runs at, in pixels.
         attention: "sdpa" or "matmul" (see `modeling.kv_fusion`).
         readout: decoded mask -> binary mask.
+        mask_decoder: the distilled fast read-out (`modeling.mask_decoder`), used by
+            `decode_masks(..., fast=True)` in place of the VAE decoder; None if the model has none.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class DiffewsModel(nn.Module):
         resolution: int,
         attention: str = "sdpa",
         readout: MaskReadout | None = None,
+        mask_decoder: nn.Module | None = None,
     ):
         super().__init__()
         if not isinstance(unet.conv_in, StreamConvIn):
@@ -169,6 +172,7 @@ class DiffewsModel(nn.Module):
         self.register_buffer("empty_embedding", empty_embedding.detach().float(), persistent=False)
         self.fusion = KVFusion(unet, attention)
         self.readout = readout or MaskReadout()
+        self.mask_decoder = mask_decoder
         # Recompute each stream in the backward pass instead of storing its activations. Done per
         # stream, not with diffusers' per-block checkpointing: a block recomputed during backward
         # would run outside the stream's record / read mode and silently attend to the wrong tokens.
@@ -187,10 +191,21 @@ class DiffewsModel(nn.Module):
         z = posterior.sample() if sample else posterior.mean
         return z * self.vae.config.scaling_factor
 
-    def decode_masks(self, mask_latents: torch.Tensor) -> torch.Tensor:
-        """(B, 4, h, w) predicted mask latents -> (B, H, W) bool via the VAE decoder and the read-out."""
-        decoded = self.vae.decode(mask_latents / self.vae.config.scaling_factor).sample
-        return self.readout(decoded)
+    def decode_mask_images(self, mask_latents: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """(B, 4, h, w) predicted mask latents -> (B, 3, H, W) decoded mask images in about [-1, 1].
+
+        Args:
+            fast: use the distilled `mask_decoder` instead of the VAE decoder.
+        """
+        if not fast:
+            return self.vae.decode(mask_latents / self.vae.config.scaling_factor).sample
+        if self.mask_decoder is None:
+            raise ValueError("this model has no mask_decoder; train one with python -m train.mask_decoder")
+        return self.mask_decoder(mask_latents)
+
+    def decode_masks(self, mask_latents: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """(B, 4, h, w) predicted mask latents -> (B, H, W) bool via a decoder (see above) and the read-out."""
+        return self.readout(self.decode_mask_images(mask_latents, fast))
 
     def _context(self, batch: int) -> torch.Tensor:
         return self.empty_embedding.expand(batch, -1, -1)
@@ -275,3 +290,23 @@ class DiffewsModel(nn.Module):
             return x
         kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
         return F.interpolate(x, size=(self.resolution, self.resolution), mode=mode, **kwargs)
+
+
+RANDOM_SD21_SOURCE, RANDOM_SD21_HASH = "random sd21 (seed 0)", "random-sd21-seed0"
+
+
+def random_sd21_diffews(attention: str = "sdpa") -> DiffewsModel:
+    """The SD 2.1 architecture with seeded random weights (and a random fast mask decoder).
+
+    Speed and graph size do not depend on the weights, so export and latency checks at full size
+    need no download; the same seed gives the same model in `export.build_engine --random-arch
+    sd21` and in `benchmarks.latency`.
+    """
+    from modeling.configs import SD21_UNET, SD21_VAE
+    from modeling.mask_decoder import MaskDecoder
+
+    torch.manual_seed(0)
+    unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
+    embedding = torch.randn(1, 77, SD21_UNET["cross_attention_dim"])
+    decoder = MaskDecoder()
+    return DiffewsModel(unet, vae, embedding, resolution=512, attention=attention, mask_decoder=decoder).eval()

@@ -43,7 +43,7 @@ def test_engine_directory_is_complete_and_checked(built):
     manifest = Manifest.read(engines)
     assert manifest.kind == "diffews" and manifest.model["hash"] == model_hash(folder)
     assert manifest.max_shots == 3 and manifest.resolution == 64  # as the `built` fixture (conftest) builds them
-    assert manifest.readout == {"mode": "relative", "threshold": 0.25}
+    assert manifest.readout == {"mode": "relative", "threshold": 0.25, "decoder": "vae"}
     assert set(manifest.graphs) == {SUPPORT_ENCODER, QUERY_SEGMENTER}
     assert len(manifest.layers) == len(load_diffews(folder).fusion.layer_names)
     assert manifest.parity and all(row["passed"] for row in manifest.parity)

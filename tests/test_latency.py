@@ -25,8 +25,9 @@ def test_latency_rows_stages_and_outputs(built, tmp_path):
     assert reference["gflop_per_query"] > cached["gflop_per_query"] == pytest.approx(runtime["gflop_per_query"])
     for row in rows.values():
         assert row["query_ms"] == pytest.approx(sum(row["stages_ms"].values()))
-    assert sum(result["runtime_split"].values()) == pytest.approx(1.0)
-    assert result["runtime_split"]["query_unet"] > 0 and result["runtime_split"]["readout"] > 0
+    (split,) = result["runtime_splits"].values()
+    assert sum(split.values()) == pytest.approx(1.0)
+    assert split["query_unet"] > 0 and split["readout"] > 0
     assert "| onnxruntime |" in (out / "latency.md").read_text()
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="--overwrite"):

@@ -1,0 +1,178 @@
+"""Distil the fast mask read-out (`modeling.mask_decoder`) from a DiffewS model's VAE decoder.
+
+    python -m train.mask_decoder --model modeling/pretrained/synth-diffews
+    python -m train.mask_decoder --model runs/diffews-fold0 --samples 4000 --steps 3000 --overwrite
+
+Data: the model's own predicted mask latents on episodes of its fold's *training* categories
+(what the decoder will see in use), plus a quarter of latents of ground-truth masks, each paired
+with the VAE decoder's output. Loss: L1 to the decoded image plus a soft version of the
+read-out's threshold decision (boundaries matter more than grey levels). Agreement, the figure that
+matters: per-mask IoU between `MaskReadout` on the fast decoder's output and on the VAE
+decoder's, on predictions for episodes of the *held-out* categories. Writes `mask_decoder/` into
+the model folder (never over an existing one without --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from modeling.diffews import DiffewsModel
+from modeling.diffews_folder import load_diffews, read_config
+from modeling.imaging import images_to_tensor, masks_to_tensor
+from modeling.mask_decoder import FOLDER, MaskDecoder, save_mask_decoder
+from segdata.episodes import EpisodeSampler
+from segdata.synthetic import SyntheticFewShot
+from segdata.world import SyntheticWorld
+
+GT_SHARE = 0.25  # of the training pairs: latents of ground-truth masks, for cleaner shapes
+
+
+@torch.no_grad()
+def latent_pairs(
+    model: DiffewsModel, sampler: EpisodeSampler, count: int, seed: int, gt_share: float = 0.0, batch: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask latents (N, 4, h, w), their VAE-decoded images (N, 3, H, W) float16).
+
+    The latents are the model's predictions for `count` episodes; with `gt_share`, that share of
+    the batches holds latents of the queries' ground-truth masks instead.
+    """
+    latents, decoded = [], []
+    episodes = sampler.fixed_episodes(count, seed)
+    gt_every = round(1 / gt_share) if gt_share else 0
+    with tqdm(total=count, desc="latents", unit="ep") as bar:
+        while bar.n < count:
+            chunk = [next(episodes) for _ in range(min(batch, count - bar.n))]
+            supports = np.stack([np.stack(e.support_images) for e in chunk])
+            masks = np.stack([np.stack(e.support_masks) for e in chunk])
+            queries = np.stack([e.query_image for e in chunk])
+            bank = model.bank_from_pixels(supports, masks)
+            z = model.predict_mask_latents(model.encode(model._resize(images_to_tensor(queries), "bilinear")), bank)
+            if gt_every and (bar.n // batch) % gt_every == gt_every - 1:
+                truth = np.stack([e.query_mask for e in chunk])
+                z = model.encode(model._resize(masks_to_tensor(truth), "nearest"))
+            latents.append(z)
+            decoded.append(model.vae.decode(z / model.vae.config.scaling_factor).sample.clamp(-1, 1).half())
+            bar.update(len(chunk))
+    return torch.cat(latents), torch.cat(decoded)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-mask IoU of two (N, H, W) bool batches (1 where both are empty)."""
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+@torch.no_grad()
+def agreement(model: DiffewsModel, decoder: MaskDecoder, latents: torch.Tensor, decoded: torch.Tensor) -> dict:
+    """Mask IoU between the fast read-out and the VAE decoder's, per mask and accumulated."""
+    fast = model.readout(torch.cat([decoder(z) for z in latents.split(64)]))
+    full = model.readout(decoded.float())
+    ious = mask_iou(fast, full)
+    return {
+        "masks": len(ious),
+        "mean_iou": round(float(ious.mean()), 4),
+        "min_iou": round(float(ious.min()), 4),
+        "fraction_at_least_0.98": round(float((ious >= 0.98).float().mean()), 4),
+        "pooled_iou": round(float((fast & full).sum() / (fast | full).sum().clamp(min=1)), 4),
+    }
+
+
+def threshold_loss(pred: torch.Tensor, target: torch.Tensor, readout, softness: float = 0.02) -> torch.Tensor:
+    """BCE of the read-out's decision: is the predicted channel mean above the predicted threshold, as
+    the VAE decoder's image says? L1 alone leaves blurry boundaries that flip around the threshold."""
+    x, y = (pred + 1) / 2, (target + 1) / 2
+
+    def cut(img):
+        if readout.relative is not None:
+            return readout.relative * img.flatten(1).max(dim=1).values[:, None, None]
+        return torch.full_like(img[:, 0, :1, :1], readout.absolute)
+
+    want = (y.mean(dim=1) > cut(y)).float()
+    return torch.nn.functional.binary_cross_entropy_with_logits((x.mean(dim=1) - cut(x)) / softness, want)
+
+
+def train(
+    decoder: MaskDecoder,
+    latents: torch.Tensor,
+    decoded: torch.Tensor,
+    readout,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    threshold_weight: float = 0.1,
+):
+    """AdamW with a one-cycle schedule on L1 + `threshold_weight` x `threshold_loss`."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    decoder.train()
+    losses = []
+    for _ in (bar := tqdm(range(steps), desc="mask decoder", unit="step")):
+        index = torch.randint(len(latents), (batch,))
+        pred, target = decoder(latents[index]), decoded[index].float()
+        loss = (pred - target).abs().mean() + threshold_weight * threshold_loss(pred, target, readout)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    return decoder.eval(), float(np.mean(losses[-100:]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="DiffewS model folder (the decoder is saved in it)")
+    parser.add_argument("--samples", type=int, default=3000, help="training latents")
+    parser.add_argument("--val", type=int, default=500, help="held-out predictions for the agreement figure")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing mask_decoder/")
+    args = parser.parse_args(argv)
+    out = args.model / FOLDER
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.time()
+    model = load_diffews(args.model)
+    fold = int(read_config(args.model).get("data", {}).get("fold", 0))
+    world = SyntheticWorld(resolution=model.resolution, seed=0)
+    trn = SyntheticFewShot(world, fold=fold, split="trn", size=2000)
+    val = SyntheticFewShot(world, fold=fold, split="val", size=1000)
+    train_latents, train_decoded = latent_pairs(model, EpisodeSampler(trn, 1), args.samples, args.seed + 1, GT_SHARE)
+    val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
+    data_s = time.time() - start
+    decoder, final_loss = train(
+        MaskDecoder(), train_latents, train_decoded, model.readout, args.steps, args.batch, args.lr, args.seed
+    )
+    figures = agreement(model, decoder, val_latents, val_decoded)
+    info = {
+        "distilled_from": str(args.model),
+        "command": "python -m train.mask_decoder " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "samples": args.samples,
+        "steps": args.steps,
+        "final_loss": round(final_loss, 5),
+        "agreement_held_out": figures,
+        "wall_time_s": {"data": round(data_s, 1), "total": round(time.time() - start, 1)},
+    }
+    save_mask_decoder(decoder, out, info)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
