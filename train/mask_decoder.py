@@ -27,7 +27,7 @@ from tqdm import tqdm
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, read_config
 from modeling.imaging import images_to_tensor, masks_to_tensor
-from modeling.mask_decoder import FOLDER, MaskDecoder, save_mask_decoder
+from modeling.mask_decoder import FOLDER, MaskDecoder, MaskDecoderConfig, save_mask_decoder
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-channels", type=int, default=MaskDecoderConfig.latent_channels)
+    parser.add_argument("--up-channels", type=int, nargs=3, default=list(MaskDecoderConfig.up_channels))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing mask_decoder/")
     args = parser.parse_args(argv)
@@ -157,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
     data_s = time.time() - start
     decoder, final_loss = train(
-        MaskDecoder(), train_latents, train_decoded, model.readout, args.steps, args.batch, args.lr, args.seed
+        MaskDecoder(MaskDecoderConfig(latent_channels=args.latent_channels, up_channels=tuple(args.up_channels))),
+        train_latents,
+        train_decoded,
+        model.readout,
+        args.steps,
+        args.batch,
+        args.lr,
+        args.seed,
     )
     figures = agreement(model, decoder, val_latents, val_decoded)
     info = {
