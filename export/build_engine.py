@@ -4,6 +4,7 @@
     python -m export.build_engine --model runs/diffews-fold0 --out engines/fold0 --max-shots 5
     python -m export.build_engine --model DIR --out ENGINE_DIR --precision fp16 --optimize
     python -m export.build_engine --out engines/x --tensorrt      # + TensorRT plans, or their build script
+    python -m export.build_engine --slime car.safetensors --out engines/car-parts   # SLiMe (export.slime_build)
 
 Steps (each printed with its time): load the PyTorch model with the explicit MatMul-Softmax-MatMul
 attention, export `support_encoder` and `query_segmenter` (`export.onnx_export`), optionally
@@ -17,6 +18,7 @@ leaves a half-written engine directory; an existing directory is only replaced w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -103,12 +105,7 @@ def producer_versions() -> dict[str, str]:
 def build(args: argparse.Namespace) -> Path:
     start = time.time()
     out: Path = args.out
-    if out.exists() and not args.overwrite:
-        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
-        raise SystemExit(
-            f"error: {out} is not empty and holds no {MANIFEST_FILE}; --overwrite only replaces engine directories"
-        )
+    check_out(out, args.overwrite)
     model, source = load_source(args)
     if args.resolution:
         if args.resolution % 64:
@@ -131,10 +128,7 @@ def build(args: argparse.Namespace) -> Path:
     )
     samples = sample_episodes(model.resolution, source["fold"], min(2, args.max_shots))[: args.parity_episodes]
 
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with assembling(out) as work:
         graphs = _export_graphs(model, specs, samples, work, args, start)
         rows = _parity(model, specs, samples, graphs, args.threads, args.fast_readout, start)
         table = parity_table(rows)
@@ -146,27 +140,50 @@ def build(args: argparse.Namespace) -> Path:
             kind="diffews",
             model={k: v for k, v in source.items() if k != "fold"},
             resolution=model.resolution,
+            precision=args.precision,
+            graphs={name: graph_entry(path, specs[name]) for name, path in graphs.items()},
             readout={
                 "mode": mode,
                 "threshold": readout_threshold(model),
                 "decoder": "mask_decoder" if args.fast_readout else "vae",
             },
             max_shots=args.max_shots,
-            precision=args.precision,
             layers=layers,
-            graphs={name: graph_entry(path, specs[name]) for name, path in graphs.items()},
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
         )
         manifest.write(work)
+    _log(f"engine directory ready: {out}", start)
+    return out
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Exits when `out` exists without --overwrite, or is a non-empty folder that is no engine directory."""
+    if out.exists() and not overwrite:
+        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it (nothing was written)")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise SystemExit(
+            f"error: {out} is not empty and holds no {MANIFEST_FILE}; --overwrite only replaces engine directories"
+        )
+
+
+@contextlib.contextmanager
+def assembling(out: Path):
+    """Yields a fresh `OUT.partial` folder and renames it to `out` when the block succeeds.
+
+    A failed build never leaves a half-written engine directory under `out` (nor removes the old one).
+    """
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
     except BaseException:
         print(f"build failed; partial files left in {work} for inspection", file=sys.stderr)
         raise
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
-    _log(f"engine directory ready: {out}", start)
-    return out
 
 
 def graph_entry(path: Path, spec: GraphSpec) -> GraphEntry:
@@ -219,26 +236,35 @@ def _export_graphs(
         SUPPORT_ENCODER: (support, {"image": image, "mask": mask}, 0),
         QUERY_SEGMENTER: (QuerySegmenter(model, args.fast_readout), query_sample, len(bank)),
     }
-    paths = {}
-    for name, (module, sample, packed) in modules.items():
-        path = work / f"{name}.onnx"
-        _log(f"exporting {name} ...", start)
-        export_onnx(module, specs[name], sample, path, packed_tail=packed)
-        counts = operator_counts(path)
-        _log(f"exported {name}: {sum(counts.values())} nodes, {path.stat().st_size / 2**20:.1f} MiB", start)
-        if args.optimize:
-            fused = fuse_operators(path)
-            _log(f"fused operators in {name}: {fused}", start)
-        if args.precision == "fp16":
-            convert_fp16(path)
-            _log(f"converted {name} to fp16 (inputs and outputs keep their types)", start)
-        problems = tensorrt_problems(path)
-        verdict = f"{len(problems)} problem(s), the first: {problems[0]}" if problems else "ok"
-        _log(f"TensorRT parser check of {name}: {verdict}", start)
-        if problems and args.tensorrt:
-            raise SystemExit(f"error: --tensorrt, but TensorRT cannot parse {name}: {problems[0]}")
-        paths[name] = path
-    return paths
+    return {
+        name: export_graph(module, specs[name], sample, work, args, start, packed)
+        for name, (module, sample, packed) in modules.items()
+    }
+
+
+def export_graph(
+    module: torch.nn.Module, spec: GraphSpec, sample: dict, work: Path, args, start: float, packed: int = 0
+) -> Path:
+    """Exports one graph to WORK/NAME.onnx, then fuses (--optimize), converts (--precision fp16) and
+    checks it against TensorRT's parser (fatal with --tensorrt)."""
+    name = spec.name
+    path = work / f"{name}.onnx"
+    _log(f"exporting {name} ...", start)
+    export_onnx(module, spec, sample, path, packed_tail=packed)
+    counts = operator_counts(path)
+    _log(f"exported {name}: {sum(counts.values())} nodes, {path.stat().st_size / 2**20:.1f} MiB", start)
+    if args.optimize:
+        fused = fuse_operators(path)
+        _log(f"fused operators in {name}: {fused}", start)
+    if args.precision == "fp16":
+        convert_fp16(path)
+        _log(f"converted {name} to fp16 (inputs and outputs keep their types)", start)
+    problems = tensorrt_problems(path)
+    verdict = f"{len(problems)} problem(s), the first: {problems[0]}" if problems else "ok"
+    _log(f"TensorRT parser check of {name}: {verdict}", start)
+    if problems and args.tensorrt:
+        raise SystemExit(f"error: --tensorrt, but TensorRT cannot parse {name}: {problems[0]}")
+    return path
 
 
 def _parity(
@@ -281,6 +307,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL, help="DiffewS model folder (default: the shipped one)"
     )
+    parser.add_argument(
+        "--slime",
+        type=Path,
+        default=None,
+        help="build a SLiMe part segmenter from this embedding file (python -m train.slime) instead of DiffewS",
+    )
+    parser.add_argument("--base-path", default=None, help="--slime: local weights folder of its base (sd21-base)")
+    parser.add_argument("--patches-per-side", type=int, default=1, help="--slime: default n x n crops per image")
+    parser.add_argument("--patch-size", type=int, default=None, help="--slime: default crop side (whole image)")
     parser.add_argument("--out", type=Path, required=True, help="engine directory to write")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--max-shots", type=int, default=5, help="largest support set the query graph takes")
@@ -328,7 +363,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        build(args)
+        if args.slime is not None:
+            from export.slime_build import build_slime
+            from modeling.slime_embedding import EmbeddingFileError
+
+            try:
+                build_slime(args)
+            except (EmbeddingFileError, FileNotFoundError, ValueError) as err:
+                raise SystemExit(f"error: {err}") from err
+        else:
+            build(args)
     except (ParityError, ModelFolderError) as err:
         raise SystemExit(f"error: {err}") from err
     if args.tensorrt:

@@ -137,6 +137,23 @@ class GraphSpec:
         )
 
 
+def pixel_spec(
+    name: str, channels: tuple[int, ...], doc: str, min_side: int, opt_side: int, max_side: int, dtype: str = "uint8"
+) -> TensorSpec:
+    """An image-sized tensor: `channels` before or after ("height", "width"), sides within min..max."""
+    lead = channels if dtype != "uint8" else ()
+    tail = channels if dtype == "uint8" else ()
+    return TensorSpec(
+        name,
+        dtype,
+        (*lead, "height", "width", *tail),
+        (*lead, min_side, min_side, *tail),
+        (*lead, opt_side, opt_side, *tail),
+        (*lead, max_side, max_side, *tail),
+        doc,
+    )
+
+
 # --------------------------------------------------------------------------- DiffewS
 SUPPORT_ENCODER = "support_encoder"
 QUERY_SEGMENTER = "query_segmenter"
@@ -183,16 +200,7 @@ def diffews_graph_specs(
     bank_tolerance, mask_tolerance = PRECISIONS[precision]
 
     def pixels(name: str, channels: tuple[int, ...], doc: str) -> TensorSpec:
-        """An image-sized uint8 tensor, (height, width) plus `channels`."""
-        return TensorSpec(
-            name,
-            "uint8",
-            ("height", "width", *channels),
-            (min_side, min_side, *channels),
-            (opt_side, opt_side, *channels),
-            (max_side, max_side, *channels),
-            doc,
-        )
+        return pixel_spec(name, channels, doc, min_side, opt_side, max_side)
 
     names = bank_names(layers)
     per_layer = layers + layers
@@ -233,3 +241,25 @@ def diffews_graph_specs(
             "query image + S-shot bank -> query mask",
         ),
     }
+
+
+# --------------------------------------------------------------------------- SLiMe
+PART_SEGMENTER = "part_segmenter"
+PART_PRECISIONS = {"fp32": Tolerance(max_rel_l2=1e-3), "fp16": Tolerance(max_rel_l2=5e-2)}
+
+
+def slime_graph_spec(
+    num_classes: int, min_side: int = 32, opt_side: int = 512, max_side: int = 4096, precision: str = "fp32"
+) -> GraphSpec:
+    """The `part_segmenter` descriptor: an RGB crop (h, w, 3) uint8 -> K score maps (K, h, w) float32."""
+    if precision not in PART_PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PART_PRECISIONS)}, got {precision!r}")
+    return GraphSpec(
+        PART_SEGMENTER,
+        (pixel_spec("image", (3,), "an RGB crop, any size (resized to the model resolution inside)",
+                    min_side, opt_side, max_side),),
+        (pixel_spec("scores", (num_classes,), "per-class scores at the crop's size; argmax = label",
+                    min_side, opt_side, max_side, dtype="float32"),),
+        PART_PRECISIONS[precision],
+        "one crop -> its K part score maps (SLiMe)",
+    )  # fmt: skip

@@ -12,6 +12,10 @@
   "tensorrt_plans": {"support_encoder": [{"file": "support_encoder.trt10.3.0.sm87.plan", "sha256": ...,
                      "tensorrt": "10.3.0", "compute_capability": "8.7", "precision": "fp16", ...}], ...}
 }
+
+A SLiMe directory ("kind": "slime") has one `part_segmenter` graph, no read-out, shots or layers,
+and a `parts` entry instead: {"class_names": [...], "patching": {"output_size", "per_side",
+"patch_size"}, "settings": {the test-time settings baked into the graph}}.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from runtime.contract import FusedLayer, GraphSpec
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 READOUT_MODES = ("relative", "absolute")
+KINDS = ("diffews", "slime")
 
 
 class EngineDirError(ValueError):
@@ -75,11 +80,12 @@ class Manifest:
     kind: str
     model: dict
     resolution: int
-    readout: dict
-    max_shots: int
     precision: str
-    layers: list[FusedLayer]
     graphs: dict[str, GraphEntry]
+    readout: dict = field(default_factory=dict)  # DiffewS
+    max_shots: int = 0  # DiffewS
+    layers: list[FusedLayer] = field(default_factory=list)  # DiffewS
+    parts: dict = field(default_factory=dict)  # SLiMe
     parity: list[dict] = field(default_factory=list)
     producer: dict = field(default_factory=dict)
     # graph -> TensorRT plans built for it (file, sha256, tensorrt, compute_capability, precision, refittable)
@@ -96,6 +102,7 @@ class Manifest:
             "max_shots": self.max_shots,
             "precision": self.precision,
             "layers": [asdict(layer) for layer in self.layers],
+            "parts": self.parts,
             "graphs": {name: entry.to_json() for name, entry in self.graphs.items()},
             "parity": self.parity,
             "producer": self.producer,
@@ -127,14 +134,19 @@ class Manifest:
                 f"{path} has schema version {version!r}; this runtime reads up to {SCHEMA_VERSION}: upgrade the toolkit"
             )
         try:
+            kind = data["kind"]
+            if kind not in KINDS:
+                raise EngineDirError(f"{path}: kind {kind!r} is not one of {KINDS}; upgrade the toolkit")
+            diffews = kind == "diffews"  # its fields are required there, absent elsewhere
             manifest = cls(
-                kind=data["kind"],
+                kind=kind,
                 model=data["model"],
                 resolution=int(data["resolution"]),
-                readout=data["readout"],
-                max_shots=int(data["max_shots"]),
+                readout=data["readout"] if diffews else {},
+                max_shots=int(data["max_shots"]) if diffews else 0,
                 precision=data["precision"],
-                layers=[FusedLayer(**layer) for layer in data["layers"]],
+                layers=[FusedLayer(**layer) for layer in data["layers"]] if diffews else [],
+                parts=data["parts"] if kind == "slime" else {},
                 graphs={name: GraphEntry.from_json(g) for name, g in data["graphs"].items()},
                 parity=data.get("parity", []),
                 producer=data.get("producer", {}),
@@ -143,7 +155,7 @@ class Manifest:
             )
         except (KeyError, TypeError) as err:
             raise EngineDirError(f"{path} lacks or misformats {err}; rebuild the engines") from err
-        if manifest.readout.get("mode") not in READOUT_MODES:
+        if kind == "diffews" and manifest.readout.get("mode") not in READOUT_MODES:
             raise EngineDirError(f"{path}: read-out mode must be one of {READOUT_MODES}, got {manifest.readout}")
         for name, entry in manifest.graphs.items():
             for file_name, sha256 in entry.files.items():
