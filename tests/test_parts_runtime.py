@@ -1,0 +1,119 @@
+"""SLiMe export and the torch-free part runtime, against PyTorch on tiny-random."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export import build_engine
+from modeling.presets import build_model
+from modeling.slime import SlimeModel
+from modeling.slime_embedding import SlimeEmbedding, load_slime, weights_hash
+from runtime import parts as parts_cli
+from runtime.fewshot import FewShotSegmenter
+from runtime.manifest import EngineDirError, Manifest
+from runtime.parts import PartSegmenter
+from runtime.patches import Patching, colourise, segment_parts
+
+NAMES = ["background", "head", "body", "tail"]
+
+
+@pytest.fixture(scope="module")
+def slime_engines(tmp_path_factory):
+    """(embedding file, engine directory): tiny-random embeddings with perturbed rows, 2 x 2 patches of 48 px."""
+    root = tmp_path_factory.mktemp("slime")
+    components = build_model("tiny-random")
+    model = SlimeModel.from_base(components, NAMES)
+    with torch.no_grad():
+        model.learned.add_(torch.randn(model.learned.shape, generator=torch.Generator().manual_seed(0)))
+    path = SlimeEmbedding.from_model(
+        model, NAMES, "tiny-random", weights_hash(components.unet, components.vae), {}
+    ).save(root / "emb.safetensors")
+    engines = root / "engines"
+    args = ["--slime", str(path), "--out", str(engines), "--patches-per-side", "2", "--patch-size", "48"]
+    build_engine.main(args + ["--max-side", "512"])
+    return path, engines
+
+
+def _images():
+    rng = np.random.default_rng(1)
+    return [(rng.random(shape) * 255).astype(np.uint8) for shape in ((64, 64, 3), (80, 120, 3), (50, 40, 3))]
+
+
+def test_manifest_of_a_slime_directory(slime_engines):
+    _, engines = slime_engines
+    manifest = Manifest.read(engines)
+    assert manifest.kind == "slime" and manifest.resolution == 64
+    assert manifest.parts["class_names"] == NAMES
+    assert manifest.parts["patching"] == {"output_size": 64, "per_side": 2, "patch_size": 48}
+    assert manifest.parts["settings"]["token_threshold"] == 0.0  # tiny-random's preset value
+    assert list(manifest.graphs) == ["part_segmenter"] and all(r["passed"] for r in manifest.parity)
+    assert manifest.graphs["part_segmenter"].spec.outputs[0].shape == (4, "height", "width")
+
+
+def test_runtime_labels_equal_pytorch(slime_engines):
+    path, engines = slime_engines
+    model, _ = load_slime(path)
+    segmenter = PartSegmenter.from_dir(engines)
+    patching = segmenter.patching
+    assert patching.origins() == [(0, 0), (0, 16), (16, 0), (16, 16)]
+    for image in _images():
+        want = segment_parts(image, lambda crop: model.segment_crops(crop[None])[0], patching)
+        got = segmenter.segment(image)
+        assert got.shape == image.shape[:2] and got.dtype == np.uint8
+        assert (got == want).mean() > 0.999  # float rounding may flip a tie-close pixel, no more
+        assert len(np.unique(got)) > 1  # the perturbed embeddings do separate classes
+    whole = PartSegmenter.from_dir(engines, per_side=1, patch_size=64)
+    assert whole.patching.origins() == [(0, 0)]
+
+
+def test_wrong_directories_and_bad_files_are_refused(slime_engines, built, tmp_path):
+    path, engines = slime_engines
+    _, diffews_engines = built
+    with pytest.raises(EngineDirError, match="not a SLiMe part segmenter"):
+        PartSegmenter.from_dir(diffews_engines)
+    with pytest.raises(ValueError, match="not DiffewS"):
+        FewShotSegmenter.from_dir(engines)
+    with pytest.raises(ValueError, match="patch size must be between"):
+        PartSegmenter.from_dir(engines, patch_size=100)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(SystemExit, match="not a readable safetensors"):
+        build_engine.main(["--slime", str(tmp_path / "junk.safetensors"), "--out", str(tmp_path / "e")])
+    assert not (tmp_path / "e").exists()
+
+
+def test_parts_cli_writes_labels_and_overlays(slime_engines, tmp_path):
+    _, engines = slime_engines
+    image_path = tmp_path / "thing.png"
+    Image.fromarray(_images()[1]).save(image_path)
+    out = tmp_path / "out"
+    assert parts_cli.main(["--engines", str(engines), "--image", str(image_path), "--out", str(out)]) == 0
+    labels = np.asarray(Image.open(out / "thing_labels.png"))
+    assert labels.shape == (80, 120) and labels.max() < len(NAMES)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "thing_parts.png")), colourise(labels))
+    with pytest.raises(SystemExit, match="--overwrite"):
+        parts_cli.main(["--engines", str(engines), "--image", str(image_path), "--out", str(out)])
+
+
+def test_patch_layouts():
+    assert Patching(512, 2, 400).origins() == [(0, 0), (0, 112), (112, 0), (112, 112)]  # CelebA's 4 x 400 px
+    assert Patching(512, 3, 256).origins()[:3] == [(0, 0), (0, 128), (0, 256)]
+    assert Patching(512).origins() == [(0, 0)] and Patching(512).side == 512
+    with pytest.raises(ValueError, match="same crop"):
+        Patching(512, 2).origins()
+    # overlapping crops are averaged: a scorer that says "class = crop index" gives the mean where they overlap
+    calls = []
+
+    def scorer(crop):
+        calls.append(crop.shape)
+        scores = np.zeros((2, *crop.shape[:2]), np.float32)
+        scores[1] = len(calls) % 2  # crops 1 and 3 vote class 1, crops 2 and 4 class 0
+        scores[0] = 0.5
+        return scores
+
+    labels = segment_parts(np.zeros((64, 64, 3), np.uint8), scorer, Patching(64, 2, 48))
+    assert calls == [(48, 48, 3)] * 4
+    assert labels[0, 0] == 1 and labels[0, 63] == 0  # left column crops voted 1, right column 0
+    assert labels[32, 32] == 0  # all four overlap: mean 0.5 ties with class 0, which wins the tie
