@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
+from modeling.imaging import images_to_tensor
 from modeling.slime_attention import SlimeAttention, SlimeLayers, layers_for
 
 PROMPT_WORD = "part"
@@ -261,8 +262,6 @@ class SlimeModel(nn.Module):
     @torch.no_grad()
     def segment_crops(self, crops: np.ndarray, stop_early: bool = True) -> np.ndarray:
         """(B, P, P, 3) uint8 crops -> (B, K, P, P) float32 scores (the part segmenter graph's job, in PyTorch)."""
-        from modeling.imaging import images_to_tensor
-
         x = images_to_tensor(crops)
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
             x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)

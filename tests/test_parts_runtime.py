@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +98,15 @@ def test_parts_cli_writes_labels_and_overlays(slime_engines, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(out / "thing_parts.png")), colourise(labels))
     with pytest.raises(SystemExit, match="--overwrite"):
         parts_cli.main(["--engines", str(engines), "--image", str(image_path), "--out", str(out)])
+    script = (  # the same CLI in a fresh interpreter imports no torch and no training code
+        "import sys\n"
+        "from runtime.parts import main\n"
+        f"main(['--engines', {str(engines)!r}, '--image', {str(image_path)!r}, '--out', {str(tmp_path / 'o2')!r}])\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'modeling', 'train') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o2" / "thing_labels.png")), labels)
 
 
 def test_patch_layouts():
