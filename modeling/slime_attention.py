@@ -153,7 +153,7 @@ class SlimeAttention:
     """Installs the capture processors on `unet` and accumulates SLiMe's maps over one UNet pass.
 
         capture = SlimeAttention(unet, layers, token_ids=range(K))
-        capture.start("train", text_from=1)
+        capture.start("train", grid_side=S, text_from=1)
         unet(...)
         capture.cross_maps   # (B, K, S, S) mean over layers of head-averaged maps
         capture.was          # (B, K, S, S) WAS map
