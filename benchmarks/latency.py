@@ -38,6 +38,7 @@ import onnx
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.memory import PeakResident
 from modeling.diffews import RANDOM_SD21_HASH, DiffewsModel, random_sd21_diffews
 from modeling.diffews_folder import load_diffews, model_hash
 from runtime.contract import QUERY_SEGMENTER
@@ -123,16 +124,24 @@ def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], qu
     return stages
 
 
-def measure_torch(model, episode, repeats: int, warmup: int) -> tuple[dict, dict]:
-    """Per-stage timings and FLOPs of the PyTorch pipeline (both support variants)."""
+def peak_extra_mb(fn) -> float:
+    """The resident memory `fn()` needs above what the process holds when it starts, in MB."""
+    with PeakResident() as peak:
+        fn()
+    return peak.extra_mb
+
+
+def measure_torch(model, episode, repeats: int, warmup: int) -> tuple[dict, dict, dict]:
+    """Per-stage timings, FLOPs and peak memory (MB) of the PyTorch pipeline (both support variants)."""
     stages = torch_stages(model, *episode)
-    timings, flops = {}, {}
+    timings, flops, memory = {}, {}, {}
     with torch.no_grad():
         for name, fn in stages.items():
             flops[name] = flops_of(fn)
             timings[name] = timed(fn, repeats, warmup)
-            print(f"  torch {name}: {timings[name]['median_ms']:.1f} ms", flush=True)
-    return timings, flops
+            memory[name] = peak_extra_mb(fn)
+            print(f"  torch {name}: {timings[name]['median_ms']:.1f} ms, {memory[name]:.0f} MB", flush=True)
+    return timings, flops, memory
 
 
 # --------------------------------------------------------------------------- runtime row
@@ -190,6 +199,11 @@ def _time_runtime(engines: Path, episode, repeats: int, warmup: int, threads: in
     (image, mask), query = episode
     support = timed(lambda: segmenter.set_support(image, mask), repeats, warmup)
     query_ms = timed(lambda: segmenter.segment(query), repeats, warmup + 1)  # ORT: the 2nd run is still slow
+    memory = {
+        "support": peak_extra_mb(lambda: segmenter.set_support(image, mask)),
+        "query": peak_extra_mb(lambda: segmenter.segment(query)),
+    }
+    support["peak_extra_mb"], query_ms["peak_extra_mb"] = memory["support"], memory["query"]
     feed = {"image": query, "threshold": np.array(segmenter.threshold, np.float32), **segmenter.bank}
     return support, query_ms, feed
 
@@ -197,7 +211,10 @@ def _time_runtime(engines: Path, episode, repeats: int, warmup: int, threads: in
 def measure_runtime(engines: Path, episode, repeats: int, warmup: int, threads: int | None) -> dict:
     support, query, feed = _time_runtime(engines, episode, repeats, warmup, threads)  # its sessions are freed here
     decoder = Manifest.read(engines, verify=False).readout.get("decoder", "vae")
-    print(f"  runtime ({engines}, {decoder}) support {support['median_ms']:.1f} ms, query {query['median_ms']:.1f} ms")
+    print(
+        f"  runtime ({engines}, {decoder}) support {support['median_ms']:.1f} ms, query {query['median_ms']:.1f} ms, "
+        f"{query['peak_extra_mb']:.0f} MB"
+    )
     split = profiled_split(engines, feed, threads)
     return {"engines": str(engines), "decoder": decoder, "support": support, "query": query, "split": split}
 
@@ -225,11 +242,14 @@ def sample_episode(resolution: int) -> tuple[tuple[np.ndarray, np.ndarray], np.n
     return (episode.support_images[0], episode.support_masks[0].astype(np.uint8)), episode.query_image
 
 
-def _row(name: str, stages: dict, once: float, flops: float, reference_ms: float, peak: float) -> dict:
+def _row(
+    name: str, stages: dict, once: float, flops: float, reference_ms: float, peak: float, memory_mb: float
+) -> dict:
     total = sum(stages.values())
     return {
         "row": name,
         "stages_ms": stages,
+        "peak_extra_mb": memory_mb,
         "query_ms": total,
         "support_once_ms": once,
         "speedup_vs_reference": reference_ms / total,
@@ -238,10 +258,11 @@ def _row(name: str, stages: dict, once: float, flops: float, reference_ms: float
     }
 
 
-def assemble(torch_ms: dict, torch_flops: dict, runtimes: list[dict], peak: float) -> list[dict]:
-    """The table's rows: per-stage medians, per-query totals, ratios to `reference`, FLOP use.
+def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[dict], peak: float) -> list[dict]:
+    """The table's rows: per-stage medians, per-query totals, ratios to `reference`, FLOP use, peak memory.
 
     Args:
+        torch_mb: peak extra resident memory per PyTorch stage; a row's figure is its largest stage.
         runtimes: per engine directory, `measure_runtime`'s result plus its "decoder" ("vae" or "mask_decoder").
     """
 
@@ -260,6 +281,7 @@ def assemble(torch_ms: dict, torch_flops: dict, runtimes: list[dict], peak: floa
             torch_flops["support_full"] + query_flops + torch_flops["readout"],
             reference_ms,
             peak,
+            max(torch_mb[s] for s in ("support_full", "query_encode", "query_unet", "readout")),
         ),
         _row(
             "torch-cached",
@@ -268,6 +290,7 @@ def assemble(torch_ms: dict, torch_flops: dict, runtimes: list[dict], peak: floa
             query_flops + torch_flops["readout"],
             reference_ms,
             peak,
+            max(torch_mb[s] for s in ("query_encode", "query_unet", "readout")),
         ),
     ]
     rows[0]["spread_ms"] = {s: torch_ms[s] for s in ("support_full", "query_encode", "query_unet", "readout")}
@@ -277,7 +300,8 @@ def assemble(torch_ms: dict, torch_flops: dict, runtimes: list[dict], peak: floa
         fast = runtime["decoder"] == "mask_decoder"
         readout_flops = torch_flops["readout_fast"] if fast else torch_flops["readout"]
         name = "onnxruntime, fast read-out" if fast else "onnxruntime"
-        rows.append(_row(name, stages, median(runtime["support"]), query_flops + readout_flops, reference_ms, peak))
+        once, memory = median(runtime["support"]), runtime["query"]["peak_extra_mb"]
+        rows.append(_row(name, stages, once, query_flops + readout_flops, reference_ms, peak, memory))
         rows[-1]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}
         rows[-1]["engines"] = runtime["engines"]
     return rows
@@ -289,16 +313,30 @@ def markdown(result: dict) -> str:
         f"medians of {result['repeats']} after warm-up; fp32 matmul peak {result['peak_gflops']:.0f} GFLOP/s.",
         "",
         "| row | support ms | query encode ms | query UNet ms | read-out ms | io ms | ms per query | speed-up | "
-        "GFLOP per query | % of matmul peak | support once ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "GFLOP per query | % of matmul peak | support once ms | peak MB per query |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
         s = r["stages_ms"]
         lines.append(
             f"| {r['row']} | {s['support']:.0f} | {s['query_encode']:.0f} | {s['query_unet']:.0f} | "
             f"{s['readout']:.0f} | {s['io']:.0f} | **{r['query_ms']:.0f}** | {r['speedup_vs_reference']:.2f}x | "
-            f"{r['gflop_per_query']:.1f} | {100 * r['fraction_of_peak']:.0f} % | {r['support_once_ms']:.0f} |"
+            f"{r['gflop_per_query']:.1f} | {100 * r['fraction_of_peak']:.0f} % | {r['support_once_ms']:.0f} | "
+            f"{r['peak_extra_mb']:.0f} |"
         )
+    memory = result.get("peak_memory_mb")
+    if memory:
+        lines += [
+            "",
+            "Peak memory per stage, MB of resident memory above the process's level when the stage starts "
+            "(weights already loaded):",
+            "",
+            "| stage | MB |",
+            "| --- | --- |",
+        ]
+        lines += [f"| torch {stage} | {mb:.0f} |" for stage, mb in memory["torch"].items()]
+        for engines, graphs in memory["runtime"].items():
+            lines += [f"| runtime {graph} ({engines}) | {mb:.0f} |" for graph, mb in graphs.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -363,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     episode = sample_episode(manifest.resolution)
     print(f"measuring {manifest.model['source']} at {manifest.resolution} px ...", flush=True)
     peak = peak_gflops()
-    torch_ms, torch_flops = measure_torch(model, episode, args.repeats, args.warmup)
+    torch_ms, torch_flops, torch_mb = measure_torch(model, episode, args.repeats, args.warmup)
     del model  # the runtime's sessions need the memory at SD 2.1 size
     runtimes = [measure_runtime(e, episode, args.repeats, args.warmup, args.threads) for e in args.engines]
     peak = max(peak, peak_gflops())  # before and after: contention only lowers a reading
@@ -373,8 +411,18 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "repeats": args.repeats,
         "peak_gflops": peak,
-        "rows": assemble(torch_ms, torch_flops, runtimes, peak),
+        "rows": assemble(torch_ms, torch_flops, torch_mb, runtimes, peak),
         "runtime_splits": {r["engines"]: r["split"] for r in runtimes},
+        "peak_memory_mb": {
+            "torch": torch_mb,
+            "runtime": {
+                r["engines"]: {
+                    "support_encoder": r["support"]["peak_extra_mb"],
+                    "query_segmenter": r["query"]["peak_extra_mb"],
+                }
+                for r in runtimes
+            },
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     outputs[0].write_text(json.dumps(result, indent=1))

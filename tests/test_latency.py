@@ -25,10 +25,20 @@ def test_latency_rows_stages_and_outputs(built, tmp_path):
     assert reference["gflop_per_query"] > cached["gflop_per_query"] == pytest.approx(runtime["gflop_per_query"])
     for row in rows.values():
         assert row["query_ms"] == pytest.approx(sum(row["stages_ms"].values()))
+        assert row["peak_extra_mb"] >= 0
+    memory = result["peak_memory_mb"]
+    assert set(memory["torch"]) >= {"support_full", "query_encode", "query_unet", "readout"}
+    assert reference["peak_extra_mb"] == max(
+        memory["torch"][s] for s in ("support_full", "query_encode", "query_unet", "readout")
+    )
+    ((graphs),) = memory["runtime"].values()
+    assert set(graphs) == {"support_encoder", "query_segmenter"}
+    assert runtime["peak_extra_mb"] == graphs["query_segmenter"]
     (split,) = result["runtime_splits"].values()
     assert sum(split.values()) == pytest.approx(1.0)
     assert split["query_unet"] > 0 and split["readout"] > 0
     assert "| onnxruntime |" in (out / "latency.md").read_text()
+    assert "Peak memory per stage" in (out / "latency.md").read_text()
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="--overwrite"):
         latency.main(["--engines", str(engines), "--out", str(out)])
