@@ -17,7 +17,9 @@ PyTorch stages are timed one by one; the runtime's query graph is timed whole an
 stage with ONNX Runtime's profiler (each node's exporter name scope tells its stage). Medians
 after warm-up, with min and max; ratios against `reference` come from this same run.
 FLOPs per stage are counted with `torch.utils.flop_counter` and set against the machine's peak,
-measured in the same run with a large fp32 matmul. Writes `latency.json`, `latency.md` and
+measured in the same run with a large fp32 matmul. Peak memory per stage is the resident set
+above the level at the stage's start (`benchmarks.memory`): per PyTorch stage, and per graph run
+in the runtime (support encoder, query segmenter). Writes `latency.json`, `latency.md` and
 `latency.png` into --out. Speed does not depend on the weights, so `--arch sd21` uses random ones
 (the engines are exported once into `engines/sd21-random` and reused).
 """
