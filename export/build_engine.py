@@ -88,7 +88,7 @@ def _torch(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array))  # a writable copy
 
 
-def _log(message: str, start: float) -> None:
+def log_step(message: str, start: float) -> None:
     print(f"[{time.time() - start:7.1f} s] {message}", flush=True)
 
 
@@ -115,7 +115,7 @@ def build(args: argparse.Namespace) -> Path:
         model.resolution = args.resolution
     args.fast_readout = _fast_readout(args.readout_decoder, model)
     decoder = "distilled mask decoder" if args.fast_readout else "VAE decoder"
-    _log(f"loaded {source['source']} (resolution {model.resolution}, read-out {model.readout}, {decoder})", start)
+    log_step(f"loaded {source['source']} (resolution {model.resolution}, read-out {model.readout}, {decoder})", start)
 
     layers = fused_layers(model)
     specs = diffews_graph_specs(
@@ -153,7 +153,7 @@ def build(args: argparse.Namespace) -> Path:
             producer=producer_versions(),
         )
         manifest.write(work)
-    _log(f"engine directory ready: {out}", start)
+    log_step(f"engine directory ready: {out}", start)
     return out
 
 
@@ -249,19 +249,19 @@ def export_graph(
     checks it against TensorRT's parser (fatal with --tensorrt)."""
     name = spec.name
     path = work / f"{name}.onnx"
-    _log(f"exporting {name} ...", start)
+    log_step(f"exporting {name} ...", start)
     export_onnx(module, spec, sample, path, packed_tail=packed)
     counts = operator_counts(path)
-    _log(f"exported {name}: {sum(counts.values())} nodes, {path.stat().st_size / 2**20:.1f} MiB", start)
+    log_step(f"exported {name}: {sum(counts.values())} nodes, {path.stat().st_size / 2**20:.1f} MiB", start)
     if args.optimize:
         fused = fuse_operators(path)
-        _log(f"fused operators in {name}: {fused}", start)
+        log_step(f"fused operators in {name}: {fused}", start)
     if args.precision == "fp16":
         convert_fp16(path)
-        _log(f"converted {name} to fp16 (inputs and outputs keep their types)", start)
+        log_step(f"converted {name} to fp16 (inputs and outputs keep their types)", start)
     problems = tensorrt_problems(path)
     verdict = f"{len(problems)} problem(s), the first: {problems[0]}" if problems else "ok"
-    _log(f"TensorRT parser check of {name}: {verdict}", start)
+    log_step(f"TensorRT parser check of {name}: {verdict}", start)
     if problems and args.tensorrt:
         raise SystemExit(f"error: --tensorrt, but TensorRT cannot parse {name}: {problems[0]}")
     return path
@@ -276,7 +276,7 @@ def _parity(
     fast_readout: bool,
     start: float,
 ) -> list[ParityRow]:
-    _log("parity against PyTorch ...", start)
+    log_step("parity against PyTorch ...", start)
     support_graph = GraphSession(graphs[SUPPORT_ENCODER], specs[SUPPORT_ENCODER], threads=threads)
     query_graph = GraphSession(graphs[QUERY_SEGMENTER], specs[QUERY_SEGMENTER], threads=threads)
     support, query = SupportEncoder(model), QuerySegmenter(model, fast_readout)
@@ -298,7 +298,7 @@ def _parity(
         feed = {"image": sample["query_image"], "threshold": threshold}
         feed.update({t.name: b for t, b in zip(specs[QUERY_SEGMENTER].inputs[2:], bank)})
         rows += compare_outputs(specs[QUERY_SEGMENTER], sample["name"], query_graph.run(feed), want)
-    _log(f"parity checked on {len(samples)} episodes", start)
+    log_step(f"parity checked on {len(samples)} episodes", start)
     return rows
 
 

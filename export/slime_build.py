@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from export.build_engine import _log, assembling, check_out, export_graph, graph_entry, producer_versions
+from export.build_engine import assembling, check_out, export_graph, graph_entry, log_step, producer_versions
 from export.parity import check_parity, compare_outputs, parity_table, summarise
 from export.slime_graph import PartSegmenterGraph
 from modeling.slime_embedding import load_slime
@@ -49,13 +49,15 @@ def build_slime(args: argparse.Namespace) -> Path:
     model, embedding = load_slime(args.slime, base_path=args.base_path)
     patching = Patching(model.resolution, args.patches_per_side, args.patch_size)
     patching.check()
-    _log(f"loaded {args.slime}: {model.num_classes} classes on base {embedding.base!r} at {model.resolution} px", start)
+    log_step(
+        f"loaded {args.slime}: {model.num_classes} classes on base {embedding.base!r} at {model.resolution} px", start
+    )
     spec = slime_graph_spec(model.num_classes, args.min_side, model.resolution, args.max_side, args.precision)
     samples = sample_crops(model.resolution, args.parity_episodes)
     graph = PartSegmenterGraph(model).eval()
     with assembling(out) as work:
         path = export_graph(graph, spec, {"image": torch.from_numpy(samples[0][1].copy())}, work, args, start)
-        _log("parity against PyTorch ...", start)
+        log_step("parity against PyTorch ...", start)
         session = GraphSession(path, spec, threads=args.threads)
         rows = []
         for name, image in samples:
@@ -89,5 +91,5 @@ def build_slime(args: argparse.Namespace) -> Path:
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
         ).write(work)
-    _log(f"engine directory ready: {out}", start)
+    log_step(f"engine directory ready: {out}", start)
     return out
