@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
+from modeling.diffews import empty_text_embedding
 from modeling.imaging import images_to_tensor
 from modeling.slime_attention import SlimeAttention, SlimeLayers, layers_for
 
@@ -42,7 +43,9 @@ SD_TOKEN_THRESHOLD = 0.2  # the released code's --patch_threshold, for SD 2.1-ba
 # on BOS as CLIP-H does, so the background (BOS) map of a trained embedding peaks near 0.07 and
 # SD's 0.2 drops the background class on every image. 0.02 was chosen on the validation split of
 # two categories (mushroom, car; 1-sample): 0 and 0.02 tie, 0.05 drops the mushroom stem on some
-# images, 0.1 and 0.2 drop most classes (mean part IoU 0.78 / 0.45 at 0.02, 0.26 / 0.17 at 0.2).
+# images, 0.1 and 0.2 drop most classes (mean part IoU 0.78 / 0.45 at 0.02, 0.26 / 0.17 at 0.2;
+# `python -m train.evaluate_parts --categories 0 3 --settings 1 --split val --thresholds 0 0.02
+# 0.05 0.1 0.2 --out benchmarks/results/slime-threshold`).
 PRESET_TOKEN_THRESHOLDS = {"synth": 0.02, "tiny-random": 0.0}
 
 
@@ -153,7 +156,8 @@ class SlimeModel(nn.Module):
         k = len(class_names)
         settings = settings or SlimeSettings(token_threshold=default_token_threshold(components.preset))
         text = text_embedding(components.text_encoder, components.tokenizer, prompt_for(k))
-        uncond = text_embedding(components.text_encoder, components.tokenizer, "")
+        with torch.no_grad():
+            uncond = empty_text_embedding(components.text_encoder, components.tokenizer)
         return cls(
             components.vae,
             components.unet,

@@ -138,18 +138,23 @@ class GraphSpec:
 
 
 def pixel_spec(
-    name: str, channels: tuple[int, ...], doc: str, min_side: int, opt_side: int, max_side: int, dtype: str = "uint8"
+    name: str,
+    doc: str,
+    min_side: int,
+    opt_side: int,
+    max_side: int,
+    leading: tuple[int, ...] = (),
+    trailing: tuple[int, ...] = (),
+    dtype: str = "uint8",
 ) -> TensorSpec:
-    """An image-sized tensor: `channels` before or after ("height", "width"), sides within min..max."""
-    lead = channels if dtype != "uint8" else ()
-    tail = channels if dtype == "uint8" else ()
+    """An image-sized tensor (*leading, "height", "width", *trailing), sides within min_side..max_side."""
     return TensorSpec(
         name,
         dtype,
-        (*lead, "height", "width", *tail),
-        (*lead, min_side, min_side, *tail),
-        (*lead, opt_side, opt_side, *tail),
-        (*lead, max_side, max_side, *tail),
+        (*leading, "height", "width", *trailing),
+        (*leading, min_side, min_side, *trailing),
+        (*leading, opt_side, opt_side, *trailing),
+        (*leading, max_side, max_side, *trailing),
         doc,
     )
 
@@ -200,7 +205,7 @@ def diffews_graph_specs(
     bank_tolerance, mask_tolerance = PRECISIONS[precision]
 
     def pixels(name: str, channels: tuple[int, ...], doc: str) -> TensorSpec:
-        return pixel_spec(name, channels, doc, min_side, opt_side, max_side)
+        return pixel_spec(name, doc, min_side, opt_side, max_side, trailing=channels)
 
     names = bank_names(layers)
     per_layer = layers + layers
@@ -254,12 +259,12 @@ def slime_graph_spec(
     """The `part_segmenter` descriptor: an RGB crop (h, w, 3) uint8 -> K score maps (K, h, w) float32."""
     if precision not in PART_PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PART_PRECISIONS)}, got {precision!r}")
+    sides = (min_side, opt_side, max_side)
     return GraphSpec(
         PART_SEGMENTER,
-        (pixel_spec("image", (3,), "an RGB crop, any size (resized to the model resolution inside)",
-                    min_side, opt_side, max_side),),
-        (pixel_spec("scores", (num_classes,), "per-class scores at the crop's size; argmax = label",
-                    min_side, opt_side, max_side, dtype="float32"),),
+        (pixel_spec("image", "an RGB crop, any size (resized to the model resolution inside)", *sides, trailing=(3,)),),
+        (pixel_spec("scores", "per-class scores at the crop's size; argmax = label", *sides, leading=(num_classes,),
+                    dtype="float32"),),
         PART_PRECISIONS[precision],
         "one crop -> its K part score maps (SLiMe)",
     )  # fmt: skip

@@ -28,7 +28,8 @@ from runtime.backends import BACKENDS, open_graph
 from runtime.contract import PART_SEGMENTER
 from runtime.images import ImageLike, load_image
 from runtime.manifest import EngineDirError, Manifest
-from runtime.patches import Patching, colourise, labels_from_scores, overlay_parts, patched_scores
+from runtime.patches import Patching, labels_from_scores, patched_scores
+from segdata.visualize import colourize_labels
 
 
 class PartSegmenter:
@@ -97,9 +98,12 @@ class PartSegmenter:
         pixels = load_image(image)
         return labels_from_scores(self.scores(pixels), pixels.shape[0], pixels.shape[1])
 
-    def overlay(self, image: ImageLike, labels: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8: the image with each part tinted in its colour."""
-        return overlay_parts(load_image(image), labels)
+    def overlay(self, image: ImageLike, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+        """(H, W, 3) uint8: the image with each part tinted in its colour (background untouched)."""
+        out = load_image(image).astype(np.float32)
+        parts = labels > 0
+        out[parts] = (1 - alpha) * out[parts] + alpha * colourize_labels(labels)[parts]
+        return out.round().astype(np.uint8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             image = load_image(path)
             labels = segmenter.segment(image)
             Image.fromarray(labels).save(args.out / f"{name}_labels.png")
-            Image.fromarray(colourise(labels)).save(args.out / f"{name}_parts.png")
+            Image.fromarray(colourize_labels(labels)).save(args.out / f"{name}_parts.png")
             Image.fromarray(segmenter.overlay(image, labels)).save(args.out / f"{name}_overlay.png")
         seconds = time.time() - start
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -102,26 +102,3 @@ def segment_parts(image: np.ndarray, score_crop: Callable[[np.ndarray], np.ndarr
     """(H, W, 3) uint8 -> (H, W) uint8 part labels (0 = background) at the image's own size."""
     scores = patched_scores(image, score_crop, patching)
     return labels_from_scores(scores, image.shape[0], image.shape[1])
-
-
-# A fixed palette (label 0 black): colours far apart in hue, then repeated darker.
-_PALETTE = np.array(
-    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255],
-     [170, 110, 40], [255, 250, 200], [128, 0, 0]], dtype=np.uint8)  # fmt: skip
-
-
-def colourise(labels: np.ndarray) -> np.ndarray:
-    """(H, W) labels -> (H, W, 3) uint8, one colour per label (background black)."""
-    index = labels.astype(np.int64)
-    colours = _PALETTE[index % len(_PALETTE)].astype(np.float32)
-    colours *= np.where(index >= len(_PALETTE), 0.6, 1.0)[..., None]
-    return colours.astype(np.uint8)
-
-
-def overlay_parts(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """(H, W, 3) uint8 image with its parts tinted in their colours (background untouched)."""
-    out = image.astype(np.float32)
-    parts = labels > 0
-    out[parts] = (1 - alpha) * out[parts] + alpha * colourise(labels)[parts].astype(np.float32)
-    return out.round().astype(np.uint8)

@@ -18,7 +18,8 @@ from runtime import parts as parts_cli
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import EngineDirError, Manifest
 from runtime.parts import PartSegmenter
-from runtime.patches import Patching, colourise, segment_parts
+from runtime.patches import Patching, segment_parts
+from segdata.visualize import colourize_labels
 
 NAMES = ["background", "head", "body", "tail"]
 
@@ -95,7 +96,7 @@ def test_parts_cli_writes_labels_and_overlays(slime_engines, tmp_path):
     assert parts_cli.main(["--engines", str(engines), "--image", str(image_path), "--out", str(out)]) == 0
     labels = np.asarray(Image.open(out / "thing_labels.png"))
     assert labels.shape == (80, 120) and labels.max() < len(NAMES)
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "thing_parts.png")), colourise(labels))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "thing_parts.png")), colourize_labels(labels))
     with pytest.raises(SystemExit, match="--overwrite"):
         parts_cli.main(["--engines", str(engines), "--image", str(image_path), "--out", str(out)])
     script = (  # the same CLI in a fresh interpreter imports no torch and no training code

@@ -62,7 +62,7 @@ def test_layer_selection_is_the_spec_on_sd21_base_shapes():
     assert capture.cross_maps.shape == capture.was.shape == (1, 6, 64, 64)
 
 
-def test_capture_leaves_other_layers_alone_and_refuses_foreign_layers(tiny_model):
+def test_capture_leaves_other_layers_alone_and_refuses_foreign_layers():
     unet = build_model("tiny-random").unet
     before = {n: type(p).__name__ for n, p in unet.attn_processors.items()}
     layers = layers_for("tiny-random")
@@ -127,7 +127,7 @@ def test_loss_is_ce_plus_was_plus_weighted_sd_and_moves_only_the_learned_rows():
     torch.testing.assert_close(context[0, 3:], model.text[0, 3:])
 
 
-def test_test_time_options_change_what_they_say(tiny_model):
+def test_test_time_options_change_what_they_say():
     torch.manual_seed(0)
     components = build_model("tiny-random")
     model = SlimeModel.from_base(components, NAMES)

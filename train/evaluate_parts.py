@@ -2,6 +2,8 @@
 
     python -m train.evaluate_parts --out benchmarks/results/slime-synth            # defaults below
     python -m train.evaluate_parts --categories 3 --settings 1 --test-images 20 --out /tmp/car
+    python -m train.evaluate_parts --categories 0 3 --settings 1 --split val \
+        --thresholds 0 0.02 0.05 0.1 0.2 --out benchmarks/results/slime-threshold   # choosing a setting
 
 Per category and setting, embeddings are optimised with `train.slime.optimise` on the base
 model: 1-sample on the first training image, validated on itself; 10-sample on the first ten,
@@ -10,12 +12,15 @@ validated on the `val` split (the released README's protocol). They are then eva
 ground truth (background included) IoU at the output size, averaged per class over the images,
 "Average" = the mean over classes. Baselines on the same test images: "all background" and
 "prior" (each pixel's majority label over the ten training masks: what the training masks say
-without looking at the test image). Writes results.json and results.md to --out.
+without looking at the test image). `--split val` scores the validation images instead (for
+choosing settings without touching the test split); `--thresholds` adds a row per test-time token
+threshold, scored with the same embeddings. Writes results.json and results.md to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -49,7 +54,8 @@ def evaluate_category(category: int, settings: list[int], args: argparse.Namespa
     test = [SyntheticParts(world, category, "test", args.test_images)[i] for i in range(args.test_images)]
     names = SyntheticParts(world, category).class_names
     k = len(names)
-    truths = [labels for _, labels in test]
+    scored = test if args.split == "test" else val
+    images, truths = [image for image, _ in scored], [labels for _, labels in scored]
     rows = {
         "all background": mean_part_ious(((np.zeros_like(t), t) for t in truths), k),
         "prior (10 masks)": mean_part_ious(((prior_labels([m for _, m in train], k), t) for t in truths), k),
@@ -62,14 +68,17 @@ def evaluate_category(category: int, settings: list[int], args: argparse.Namespa
         recipe = SlimeRecipe(epochs=args.epochs, seed=args.seed)
         examples = train[:shots]
         record = optimise(model, examples, examples if shots == 1 else val, recipe, patching, progress=False)
-        predictions = segment_examples(model, [image for image, _ in test], patching)
-        rows[f"SLiMe {shots}-sample"] = mean_part_ious(zip(predictions, truths), k)
+        rows[f"SLiMe {shots}-sample"] = mean_part_ious(zip(segment_examples(model, images, patching), truths), k)
         timings[f"{shots}-sample"] = {
             "optimisation_s": record["wall_time_s"],
             "steps": record["steps"],
             "best_epoch": record["best_epoch"],
         }
         print(f"  {shots}-sample: {average(rows[f'SLiMe {shots}-sample']):.3f} in {record['wall_time_s']:.0f} s")
+        for threshold in args.thresholds:
+            model.settings = dataclasses.replace(model.settings, token_threshold=threshold)
+            predictions = segment_examples(model, images, patching)
+            rows[f"SLiMe {shots}-sample, threshold {threshold:g}"] = mean_part_ious(zip(predictions, truths), k)
     return {
         "category": category,
         "name": CATEGORIES[category].name,
@@ -117,6 +126,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--settings", type=int, nargs="+", default=[1, 10], choices=(1, 10), help="samples")
     parser.add_argument("--test-images", type=int, default=50)
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="the images scored")
+    parser.add_argument(
+        "--thresholds", type=float, nargs="*", default=[], help="also score these test-time token thresholds"
+    )
     parser.add_argument("--val-images", type=int, default=4, help="10-sample validation images")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--resolution", type=int, default=128, help="synthetic image side")

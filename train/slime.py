@@ -21,11 +21,10 @@ with --overwrite.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -208,9 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     info = {
         "command": "python -m train.slime " + " ".join(sys.argv[1:] if argv is None else argv),
         "images": [str(p) for p in args.images],
-        "recipe": copy.deepcopy(recipe.__dict__),
-        **{k: v for k, v in record.items() if k != "history"},
-        "history": record["history"],
+        "recipe": asdict(recipe),
+        **record,
     }
     embedding = SlimeEmbedding.from_model(
         model, args.class_names, components.preset, weights_hash(components.unet, components.vae), info
