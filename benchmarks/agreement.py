@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from modeling.diffews_folder import load_diffews, model_hash, read_config
+from runtime.backends import BACKENDS
 from runtime.fewshot import FewShotSegmenter
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch and runtime threads")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="what runs the engines")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads)
+    segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads, backend=args.backend)
     folder = args.model or Path(segmenter.manifest.model["source"])
     if model_hash(folder) != segmenter.manifest.model["hash"]:
         raise SystemExit(f"error: {folder} is not the model these engines were built from (hash differs)")
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     fold = int(read_config(folder).get("data", {}).get("fold", 0))
     source = SyntheticFewShot(SyntheticWorld(resolution=model.resolution, seed=0), fold=fold, split="val", size=1000)
     rows = [agreement(model, segmenter, source, s, args.episodes, args.seed) for s in args.shots]
+    print(f"{args.engines} on {segmenter.backend} against the PyTorch pipeline (fp32):")
     print(
         "| shots | episodes | mean IoU | min IoU | masks with IoU >= 0.99 | support ms: torch / runtime "
         "| query ms: torch / runtime |"
@@ -116,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['torch_query_ms']:.1f} / {row['runtime_query_ms']:.1f} |"
         )
     if args.json:
-        args.json.write_text(json.dumps({"engines": str(args.engines), "model": str(folder), "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"engines": str(args.engines), "backend": segmenter.backend, "model": str(folder), "rows": rows},
+                indent=1,
+            )
+        )
     return 0
 
 

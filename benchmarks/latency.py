@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.memory import PeakResident
 from modeling.diffews import RANDOM_SD21_HASH, DiffewsModel, random_sd21_diffews
 from modeling.diffews_folder import load_diffews, model_hash
+from runtime.backends import BACKENDS, OPENVINO_PRECISIONS, cpu_has_bf16
 from runtime.contract import QUERY_SEGMENTER
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import Manifest
@@ -191,15 +192,50 @@ def profiled_split(engines: Path, feed: dict, threads: int | None, runs: int = 2
         name = event.get("name", "")
         if event.get("cat") == "Node" and name.endswith("_kernel_time"):
             totals[stages.get(name[: -len("_kernel_time")], "io")] += event["dur"]
+    return _shares(totals)
+
+
+def _shares(totals: dict[str, float]) -> dict[str, float]:
     whole = sum(totals.values()) or 1.0
     return {stage: totals[stage] / whole for stage in ("query_encode", "query_unet", "readout", "io")}
 
 
-def _time_runtime(engines: Path, episode, repeats: int, warmup: int, threads: int | None) -> tuple[dict, dict, dict]:
-    """(support timing, query timing, the query graph's feed) with a FewShotSegmenter."""
-    segmenter = FewShotSegmenter.from_dir(engines, threads=threads, verify=False)
+def openvino_split(engines: Path, feed: dict, threads: int | None, precision: str, runs: int = 2) -> dict[str, float]:
+    """Share of the query graph's time per stage, from OpenVINO's per-node performance counters.
+
+    OpenVINO fuses nodes; each executed node lists the exported nodes it came from
+    (`originalLayersNames`), whose name scopes tell its stage. Nodes the plugin inserted (layout
+    reorders, normalisation pieces under new names) take the stage of the node executed before them.
+    """
+    import openvino as ov
+
+    path = engines / Manifest.read(engines, verify=False).graph(QUERY_SEGMENTER).file
+    config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    origins = {
+        op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str).split(",")
+        for op in compiled.get_runtime_model().get_ops()
+    }
+    request = compiled.create_infer_request()
+    for _ in range(runs):
+        request.infer(feed)
+    stages, totals, stage = node_stages(path), defaultdict(float), "io"
+    for node in request.profiling_info:  # the last run's counters, in execution order
+        names = [n.split("/")[0] for n in origins.get(node.node_name, []) if n]
+        stage = next((stages[n] for n in names if n in stages), stage)
+        totals[stage] += node.real_time.total_seconds()
+    return _shares(totals)
+
+
+def _time_runtime(
+    engines: Path, backend: str, episode, repeats: int, warmup: int, threads: int | None
+) -> tuple[dict, dict, dict]:
+    """(support timing, query timing, the query graph's feed) with a FewShotSegmenter on `backend`."""
+    segmenter = FewShotSegmenter.from_dir(engines, threads=threads, verify=False, backend=backend)
     (image, mask), query = episode
-    # Memory on the first runs: ONNX Runtime's arena grows to what a graph needs then keeps it, so
+    # Memory on the first runs: ONNX Runtime's arena (and OpenVINO's memory pool) grows to what a graph needs then keeps it, so
     # later runs show no growth although they use the same memory.
     memory = {
         "support": peak_extra_mb(lambda: segmenter.set_support(image, mask)),
@@ -212,15 +248,27 @@ def _time_runtime(engines: Path, episode, repeats: int, warmup: int, threads: in
     return support, query_ms, feed
 
 
-def measure_runtime(engines: Path, episode, repeats: int, warmup: int, threads: int | None) -> dict:
-    support, query, feed = _time_runtime(engines, episode, repeats, warmup, threads)  # its sessions are freed here
+def measure_runtime(engines: Path, backend: str, episode, repeats: int, warmup: int, threads: int | None) -> dict:
+    # The segmenter's graphs are freed before the profiling run loads the query graph again.
+    support, query, feed = _time_runtime(engines, backend, episode, repeats, warmup, threads)
     decoder = Manifest.read(engines, verify=False).readout.get("decoder", "vae")
     print(
-        f"  runtime ({engines}, {decoder}) support {support['median_ms']:.1f} ms, query {query['median_ms']:.1f} ms, "
-        f"{query['peak_extra_mb']:.0f} MB"
+        f"  runtime ({engines}, {decoder}, {backend}) support {support['median_ms']:.1f} ms, "
+        f"query {query['median_ms']:.1f} ms, {query['peak_extra_mb']:.0f} MB",
+        flush=True,
     )
-    split = profiled_split(engines, feed, threads)
-    return {"engines": str(engines), "decoder": decoder, "support": support, "query": query, "split": split}
+    if backend in OPENVINO_PRECISIONS:
+        split = openvino_split(engines, feed, threads, OPENVINO_PRECISIONS[backend])
+    else:
+        split = profiled_split(engines, feed, threads)
+    return {
+        "engines": str(engines),
+        "backend": backend,
+        "decoder": decoder,
+        "support": support,
+        "query": query,
+        "split": split,
+    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -267,7 +315,8 @@ def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[d
 
     Args:
         torch_mb: peak extra resident memory per PyTorch stage; a row's figure is its largest stage.
-        runtimes: per engine directory, `measure_runtime`'s result plus its "decoder" ("vae" or "mask_decoder").
+        runtimes: per engine directory and backend, `measure_runtime`'s result (with its "backend" and
+            "decoder", "vae" or "mask_decoder").
     """
 
     def median(t):
@@ -303,11 +352,11 @@ def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[d
         stages = {"support": 0.0, **{s: query * share for s, share in runtime["split"].items()}}
         fast = runtime["decoder"] == "mask_decoder"
         readout_flops = torch_flops["readout_fast"] if fast else torch_flops["readout"]
-        name = "onnxruntime, fast read-out" if fast else "onnxruntime"
+        name = runtime["backend"] + (", fast read-out" if fast else "")
         once, memory = median(runtime["support"]), runtime["query"]["peak_extra_mb"]
         rows.append(_row(name, stages, once, query_flops + readout_flops, reference_ms, peak, memory))
         rows[-1]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}
-        rows[-1]["engines"] = runtime["engines"]
+        rows[-1]["engines"], rows[-1]["backend"] = runtime["engines"], runtime["backend"]
     return rows
 
 
@@ -391,7 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for latency.json / .md / .png")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch and runtime threads")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=[b for b in BACKENDS if b != "auto"],
+        default=None,
+        help="runtime backends, each a row per engine directory "
+        "(default: onnxruntime, openvino, and openvino-bf16 where the CPU has bf16)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     args = parser.parse_args(argv)
     outputs = [args.out / f"latency.{ext}" for ext in ("json", "md", "png")]
@@ -399,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {args.out} already holds results; pass --overwrite to replace them")
     if args.engines is None:
         args.engines = ensure_sd21_engines(args.threads) if args.arch == "sd21" else [Path("engines/synth-diffews")]
+    if args.backends is None:
+        args.backends = ["onnxruntime", "openvino"] + (["openvino-bf16"] if cpu_has_bf16() else [])
     torch.set_num_threads(args.threads)
 
     model, manifest = load_models(args.engines)
@@ -407,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_gflops()
     torch_ms, torch_flops, torch_mb = measure_torch(model, episode, args.repeats, args.warmup)
     del model  # the runtime's sessions need the memory at SD 2.1 size
-    runtimes = [measure_runtime(e, episode, args.repeats, args.warmup, args.threads) for e in args.engines]
+    runtimes = [
+        measure_runtime(e, backend, episode, args.repeats, args.warmup, args.threads)
+        for e in args.engines
+        for backend in args.backends
+    ]
     peak = max(peak, peak_gflops())  # before and after: contention only lowers a reading
     result = {
         "model": manifest.model["source"],
@@ -416,11 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "peak_gflops": peak,
         "rows": assemble(torch_ms, torch_flops, torch_mb, runtimes, peak),
-        "runtime_splits": {r["engines"]: r["split"] for r in runtimes},
+        "runtime_splits": {f"{r['engines']} on {r['backend']}": r["split"] for r in runtimes},
         "peak_memory_mb": {
             "torch": torch_mb,
             "runtime": {
-                r["engines"]: {
+                f"{r['engines']} on {r['backend']}": {
                     "support_encoder": r["support"]["peak_extra_mb"],
                     "query_segmenter": r["query"]["peak_extra_mb"],
                 }

@@ -10,8 +10,11 @@
 | `onnxruntime-cuda` | ONNX Runtime's CUDA provider | OrtValues in GPU memory |
 | `onnxruntime-tensorrt` | ONNX Runtime's TensorRT provider (engine and timing caches in `DIR/ort_trt_cache`, profiles from the descriptors), CUDA for the rest | OrtValues in GPU memory |
 | `tensorrt` | the directory's TensorRT plans (`export.tensorrt_build`), through Polygraphy's `TrtRunner` | Polygraphy `DeviceArray`s |
+| `openvino` | OpenVINO's CPU plugin, fp32 | `openvino.Tensor`s sharing the arrays' memory |
+| `openvino-bf16` | OpenVINO's CPU plugin, bf16 arithmetic with fp32 accumulation (CPUs with AVX512-BF16 or AMX) for the per-query graphs; the support encoder, run once per support set, stays fp32 (bf16 there costs mask agreement and saves no per-query time) | as `openvino` |
+| `auto` | `openvino-bf16` where OpenVINO is installed and the CPU has bf16, else `onnxruntime` (`resolve_backend`) | |
 
-Everything GPU-side is imported lazily, so the CPU runtime needs only numpy and onnxruntime.
+Everything GPU-side and OpenVINO are imported lazily, so the CPU runtime needs only numpy and onnxruntime.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.contract import GraphSpec
+from runtime.contract import SUPPORT_ENCODER, GraphSpec
 from runtime.manifest import EngineDirError, Manifest, file_sha256
 from runtime.sessions import GraphSession
 
-BACKENDS = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "openvino", "openvino-bf16")
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
 ORT_TRT_CACHE = "ort_trt_cache"
 
 
@@ -124,6 +128,88 @@ def _check_split_feed(spec: GraphSpec, feed: dict[str, np.ndarray], resident: di
         specs[name].check(np.asarray(array), spec.name)
 
 
+def _openvino():
+    try:
+        return importlib.import_module("openvino")
+    except ImportError as err:
+        raise RuntimeError(
+            f"the openvino backends need the openvino package ({err}): pip install 'diffseg-deploy[openvino]', "
+            "or use backend='onnxruntime'"
+        ) from err
+
+
+def cpu_has_bf16() -> bool:
+    """Does OpenVINO's CPU plugin compute in bf16 on this CPU (AVX512-BF16 or AMX)? False without OpenVINO."""
+    try:
+        ov = importlib.import_module("openvino")
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_backend(backend: str, providers: list | None = None) -> str:
+    """`auto` -> the fastest CPU backend this machine has (`openvino-bf16` or `onnxruntime`); others unchanged.
+
+    With `providers` (an ONNX Runtime setting), `auto` means `onnxruntime`.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    return "openvino-bf16" if providers is None and cpu_has_bf16() else "onnxruntime"
+
+
+class OpenVinoGraph:
+    """A graph compiled by OpenVINO for the CPU, from the same .onnx file ONNX Runtime reads.
+
+    Args:
+        precision: "f32", or "bf16": convolutions and matmuls take bf16 operands and accumulate in
+            fp32 (same exponent range as fp32, so no fp16-style overflow); OpenVINO keeps
+            normalisations and softmax in fp32. Refused on a CPU without bf16 instructions, where
+            OpenVINO would silently emulate it.
+        threads: inference threads (None: OpenVINO's default, one per physical core).
+
+    One inference request per graph: do not run one graph from several threads at once.
+    """
+
+    def __init__(self, path: Path, spec: GraphSpec, precision: str = "f32", threads: int | None = None):
+        ov = _openvino()
+        core = ov.Core()
+        if precision == "bf16" and not cpu_has_bf16():
+            raise RuntimeError(
+                "backend 'openvino-bf16' needs a CPU with AVX512-BF16 or AMX, which this one lacks; use 'openvino'"
+            )
+        model = core.read_model(str(path))
+        graph_inputs = [port.get_any_name() for port in model.inputs]
+        if graph_inputs != spec.input_names:
+            raise ValueError(f"{path}: graph inputs {graph_inputs} do not match the manifest's {spec.input_names}")
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.spec, self.precision = spec, precision
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self._tensor = ov.Tensor
+
+    def keep(self, arrays: dict[str, np.ndarray]) -> dict:
+        specs = {t.name: t for t in self.spec.inputs}
+        for name, array in arrays.items():
+            if name not in specs:
+                raise ValueError(f"{self.spec.name}: no input named {name!r}")
+            specs[name].check(array, self.spec.name)
+        # Own contiguous copies, so the tensors' shared memory cannot change under them.
+        return {name: self._tensor(np.array(array, order="C", copy=True)) for name, array in arrays.items()}
+
+    def run(self, feed: dict[str, np.ndarray], resident: dict | None = None) -> list[np.ndarray]:
+        if resident:
+            _check_split_feed(self.spec, feed, resident)
+        else:
+            self.spec.check_feed(feed)
+        feed = {name: np.asarray(array, order="C") for name, array in feed.items()}  # keeps 0-d arrays 0-d
+        self.request.infer({**feed, **(resident or {})})
+        return [self.request.get_tensor(name).data.copy() for name in self.spec.output_names]
+
+
 def select_plan(plans: list[dict], trt_version: str, capability: str, graph: str) -> dict:
     """The plan built by this TensorRT version for this GPU generation, or an error saying how to build one."""
     for plan in plans:
@@ -211,8 +297,7 @@ def open_graph(
         providers: overrides the provider list of the `onnxruntime` backend.
         fp16: `onnxruntime-tensorrt` only: let TensorRT run layers in fp16.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    backend = resolve_backend(backend, providers)
     entry = manifest.graph(name)
     if backend == "tensorrt":
         plans = manifest.tensorrt_plans.get(name, [])
@@ -224,6 +309,9 @@ def open_graph(
         return TensorRTGraph(directory, entry.spec, plans)
     if providers is not None and backend != "onnxruntime":
         raise ValueError(f"providers= applies to backend 'onnxruntime' only; backend {backend!r} sets its own")
+    if backend in OPENVINO_PRECISIONS:
+        precision = "f32" if name == SUPPORT_ENCODER else OPENVINO_PRECISIONS[backend]
+        return OpenVinoGraph(directory / entry.file, entry.spec, precision, threads)
     if providers is None:
         providers = onnxruntime_providers(backend, entry.spec, directory, fp16)
     return OnnxRuntimeGraph(directory / entry.file, entry.spec, list(providers), threads)

@@ -5,7 +5,7 @@
     seg.save_support("supports/cats.npz")               # a service can precompute banks
     mask = seg.segment(query)                           # (H, W) uint8 in {0, 1}, query_segmenter only
 
-Numpy, pillow and onnxruntime only: no torch, no diffusers.
+Numpy, pillow and onnxruntime (or openvino) only: no torch, no diffusers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import open_graph
+from runtime.backends import open_graph, resolve_backend
 from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, bank_names
 from runtime.images import ImageLike, check_pair, load_image, load_mask
 from runtime.manifest import Manifest
@@ -37,9 +37,10 @@ class FewShotSegmenter:
     ):
         if manifest.kind != "diffews":
             raise ValueError(f"{directory} holds {manifest.kind!r} graphs, not DiffewS; use the matching runtime class")
-        self.directory, self.manifest, self.backend = Path(directory), manifest, backend
-        self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, backend, providers, threads)
-        self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, backend, providers, threads)
+        self.directory, self.manifest = Path(directory), manifest
+        self.backend = resolve_backend(backend, providers)  # what runs the graphs, `auto` resolved
+        self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, self.backend, providers, threads)
+        self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, self.backend, providers, threads)
         self.bank_names = bank_names(manifest.layers)
         self.threshold = float(manifest.readout["threshold"])
         self._bank: dict[str, np.ndarray] | None = None
@@ -58,7 +59,8 @@ class FewShotSegmenter:
 
         Args:
             providers: ONNX Runtime providers for backend "onnxruntime" (default: CPU).
-            backend: "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt" or "tensorrt" (see `runtime.backends`).
+            backend: "onnxruntime", "openvino", "openvino-bf16", "auto", "onnxruntime-cuda",
+                "onnxruntime-tensorrt" or "tensorrt" (see `runtime.backends`).
         """
         return cls(Path(directory), Manifest.read(directory, verify=verify), providers, threads, backend)
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from runtime.backends import BACKENDS, open_graph
+from runtime.backends import BACKENDS, open_graph, resolve_backend
 from runtime.contract import PART_SEGMENTER
 from runtime.images import ImageLike, load_image
 from runtime.manifest import EngineDirError, Manifest
@@ -64,7 +64,8 @@ class PartSegmenter:
             int(patch_size if patch_size is not None else layout["patch_size"]),
         )
         self.patching.check()
-        self.graph = open_graph(self.directory, manifest, PART_SEGMENTER, backend, providers, threads)
+        self.backend = resolve_backend(backend, providers)  # what runs the graph, `auto` resolved
+        self.graph = open_graph(self.directory, manifest, PART_SEGMENTER, self.backend, providers, threads)
 
     @classmethod
     def from_dir(
@@ -115,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=None, help="override the crop side (output pixels)")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="what runs the graph")
     parser.add_argument("--providers", nargs="+", default=None, help="ONNX Runtime providers (backend onnxruntime)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (ONNX Runtime, OpenVINO)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser.parse_args(argv)
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     crops = len(segmenter.patching.origins())
     print(
         f"{len(args.image)} image(s) in {seconds * 1000:.0f} ms ({seconds * 1000 / len(args.image):.0f} ms each, "
-        f"{crops} crop(s) per image); labels {legend}; written to {args.out}"
+        f"{crops} crop(s) per image, {segmenter.backend}); labels {legend}; written to {args.out}"
     )
     return 0
 

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=None, help="override the manifest's read-out threshold")
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="what runs the graphs")
     parser.add_argument("--providers", nargs="+", default=None, help="ONNX Runtime providers (backend onnxruntime)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (ONNX Runtime, OpenVINO)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = parser.parse_args(argv)
     if args.load_support is None and not args.support:
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     print(
         f"{segmenter.shots} support shot(s) in {support_s * 1000:.0f} ms; {len(args.query)} queries in "
-        f"{query_s * 1000:.0f} ms ({query_s * 1000 / len(args.query):.0f} ms each); masks in {args.out}"
+        f"{query_s * 1000:.0f} ms ({query_s * 1000 / len(args.query):.0f} ms each) on {segmenter.backend}; "
+        f"masks in {args.out}"
     )
     return 0
 

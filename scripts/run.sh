@@ -18,7 +18,7 @@ fi
 python -m pip install -q --upgrade pip
 # torch first, pinned: a looser requirement can pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[train,export,dev]"
+python -m pip install -q -e ".[train,export,runtime,dev]"
 
 if [[ "$what" == "demo" ]]; then
   python scripts/demo.py --out demo_out

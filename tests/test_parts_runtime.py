@@ -73,6 +73,15 @@ def test_runtime_labels_equal_pytorch(slime_engines):
     assert whole.patching.origins() == [(0, 0)]
 
 
+def test_openvino_labels_equal_onnxruntime_s(slime_engines):
+    _, engines = slime_engines
+    reference = PartSegmenter.from_dir(engines, backend="onnxruntime")
+    segmenter = PartSegmenter.from_dir(engines, backend="openvino", threads=1)
+    assert segmenter.backend == "openvino"
+    for image in _images():
+        assert (segmenter.segment(image) == reference.segment(image)).mean() > 0.999
+
+
 def test_wrong_directories_and_bad_files_are_refused(slime_engines, built, tmp_path):
     path, engines = slime_engines
     _, diffews_engines = built
