@@ -10,7 +10,7 @@
 | `onnxruntime-cuda` | ONNX Runtime's CUDA provider | OrtValues in GPU memory |
 | `onnxruntime-tensorrt` | ONNX Runtime's TensorRT provider (engine and timing caches in `DIR/ort_trt_cache`, profiles from the descriptors), CUDA for the rest | OrtValues in GPU memory |
 | `tensorrt` | the directory's TensorRT plans (`export.tensorrt_build`), through Polygraphy's `TrtRunner` | Polygraphy `DeviceArray`s |
-| `openvino` | OpenVINO's CPU plugin, fp32 | `openvino.Tensor`s sharing the arrays' memory |
+| `openvino` | OpenVINO's CPU plugin, fp32 | `openvino.Tensor`s (copies), set per run |
 | `openvino-bf16` | OpenVINO's CPU plugin, bf16 arithmetic with fp32 accumulation (CPUs with AVX512-BF16 or AMX) for the per-query graphs; the support encoder, run once per support set, stays fp32 (bf16 there costs mask agreement and saves no per-query time) | as `openvino` |
 | `auto` | `openvino-bf16` where OpenVINO is installed and the CPU has bf16, else `onnxruntime` (`resolve_backend`) | |
 
@@ -197,8 +197,8 @@ class OpenVinoGraph:
             if name not in specs:
                 raise ValueError(f"{self.spec.name}: no input named {name!r}")
             specs[name].check(array, self.spec.name)
-        # Own contiguous copies, so the tensors' shared memory cannot change under them.
-        return {name: self._tensor(np.array(array, order="C", copy=True)) for name, array in arrays.items()}
+        # Copies (shared_memory=False): a caller changing its arrays later cannot change the bank.
+        return {name: self._tensor(np.ascontiguousarray(array), shared_memory=False) for name, array in arrays.items()}
 
     def run(self, feed: dict[str, np.ndarray], resident: dict | None = None) -> list[np.ndarray]:
         if resident:

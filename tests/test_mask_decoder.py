@@ -51,6 +51,29 @@ def test_distillation_writes_its_figures_and_keeps_existing_decoders(tiny_with_d
     assert info["command"].startswith("python -m train.mask_decoder --model")
     with pytest.raises(SystemExit, match="--overwrite"):
         mask_decoder_cli.main(["--model", str(tiny_with_decoder)])
+    assert 0 <= figures["flipped_on_boundary_band"] <= 1 and figures["flipped_pixels_per_mask"] >= 0
+
+
+def test_evaluate_reports_the_existing_decoder_and_writes_nothing(tiny_with_decoder, capsys, tmp_path):
+    weights = tiny_with_decoder / FOLDER / "model.safetensors"
+    before = weights.read_bytes()
+    mask_decoder_cli.main(["--model", str(tiny_with_decoder), "--evaluate", "--val", "8"])
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["masks"] == 8 and 0 <= figures["mean_iou"] <= 1 and "iou_with_vae_maximum" in figures
+    assert weights.read_bytes() == before
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_with_decoder, bare)
+    shutil.rmtree(bare / FOLDER)
+    with pytest.raises(SystemExit, match="no mask_decoder/ to evaluate"):
+        mask_decoder_cli.main(["--model", str(bare), "--evaluate"])
+
+
+def test_boundary_band_is_the_one_pixel_ring_on_both_sides_of_an_edge():
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True
+    band = mask_decoder_cli.boundary_band(masks)[0]
+    assert band.sum() == band[1:7, 1:7].sum() == 32  # the 6 x 6 ring around the square, less its 2 x 2 core
+    assert not band[3:5, 3:5].any()
 
 
 def test_fast_read_out_in_pytorch_and_in_the_engines(built, tiny_with_decoder, tmp_path):
@@ -82,7 +105,8 @@ def test_latency_rows_for_both_read_outs(built, tiny_with_decoder, tmp_path):
     engines = tmp_path / "fast"
     build_engine.main(["--model", str(tiny_with_decoder), "--out", str(engines), "--readout-decoder", "fast"])
     out = tmp_path / "bench"
-    latency.main(["--engines", str(built[1]), str(engines), "--out", str(out), "--repeats", "1", "--warmup", "0"])
+    argv = ["--engines", str(built[1]), str(engines), "--out", str(out), "--repeats", "1", "--warmup", "0"]
+    latency.main(argv + ["--backends", "onnxruntime"])
     rows = {r["row"]: r for r in json.loads((out / "latency.json").read_text())["rows"]}
     assert list(rows) == ["reference", "torch-cached", "onnxruntime", "onnxruntime, fast read-out"]
     # Same query work except the read-out, counted on the decoder each build uses (at toy width the

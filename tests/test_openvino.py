@@ -91,3 +91,8 @@ def test_openvino_graphs_check_their_inputs(built, episodes):
         segmenter.query_segmenter.run({"image": ep.query_image}, resident={})  # no bank, no threshold
     with pytest.raises(ValueError, match="no input named"):
         segmenter.query_segmenter.keep({"key_99": np.zeros((1, 4, 4), np.float32)})
+    # The resident bank is a copy: changing the caller's array later does not change it.
+    key = segmenter._bank["key_00"].copy()
+    resident = segmenter.query_segmenter.keep({"key_00": key})
+    key[:] = 0
+    np.testing.assert_array_equal(resident["key_00"].data, segmenter._bank["key_00"])

@@ -71,19 +71,40 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def boundary_band(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> the pixels whose 3x3 neighbourhood holds both labels: the one-pixel band around edges."""
+    x = masks.float()[:, None]
+    grown = torch.nn.functional.max_pool2d(x, 3, 1, 1)
+    shrunk = -torch.nn.functional.max_pool2d(-x, 3, 1, 1)
+    return (grown != shrunk)[:, 0]
+
+
 @torch.no_grad()
 def agreement(model: DiffewsModel, decoder: MaskDecoder, latents: torch.Tensor, decoded: torch.Tensor) -> dict:
-    """Mask IoU between the fast read-out and the VAE decoder's, per mask and accumulated."""
-    fast = model.readout(torch.cat([decoder(z) for z in latents.split(64)]))
-    full = model.readout(decoded.float())
+    """Mask IoU between the fast read-out and the VAE decoder's, per mask and accumulated, and where they differ.
+
+    `iou_with_vae_maximum` thresholds the fast image at the VAE image's own relative cut: if it is
+    no better than `mean_iou`, the errors are in the edges, not in the image-wide maximum.
+    """
+    fast_images = torch.cat([decoder(z) for z in latents.split(64)])
+    fast, full = model.readout(fast_images), model.readout(decoded.float())
     ious = mask_iou(fast, full)
-    return {
+    flipped = fast ^ full
+    figures = {
         "masks": len(ious),
         "mean_iou": round(float(ious.mean()), 4),
         "min_iou": round(float(ious.min()), 4),
         "fraction_at_least_0.98": round(float((ious >= 0.98).float().mean()), 4),
         "pooled_iou": round(float((fast & full).sum() / (fast | full).sum().clamp(min=1)), 4),
+        "flipped_pixels_per_mask": round(float(flipped.flatten(1).sum(1).float().mean()), 1),
+        "flipped_on_boundary_band": round(float((flipped & boundary_band(full)).sum() / flipped.sum().clamp(min=1)), 4),
     }
+    if model.readout.relative is not None:
+        vae = (decoded.float().clamp(-1, 1) + 1) / 2
+        cut = model.readout.relative * vae.flatten(1).max(dim=1).values[:, None, None]
+        with_vae_cut = ((fast_images.clamp(-1, 1) + 1) / 2).mean(dim=1) > cut
+        figures["iou_with_vae_maximum"] = round(float(mask_iou(with_vae_cut, full).mean()), 4)
+    return figures
 
 
 def threshold_loss(pred: torch.Tensor, target: torch.Tensor, readout, softness: float = 0.02) -> torch.Tensor:
@@ -143,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--up-channels", type=int, nargs=3, default=list(MaskDecoderConfig.up_channels))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing mask_decoder/")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="train nothing: the agreement figures of the model's existing decoder"
+    )
     args = parser.parse_args(argv)
     out = args.model / FOLDER
-    if out.exists() and not args.overwrite:
+    if out.exists() and not (args.overwrite or args.evaluate):
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     world = SyntheticWorld(resolution=model.resolution, seed=0)
     trn = SyntheticFewShot(world, fold=fold, split="trn", size=2000)
     val = SyntheticFewShot(world, fold=fold, split="val", size=1000)
+    if args.evaluate:
+        if model.mask_decoder is None:
+            raise SystemExit(f"error: {args.model} has no {FOLDER}/ to evaluate; train one first")
+        val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
+        print(json.dumps(agreement(model, model.mask_decoder, val_latents, val_decoded), indent=1))
+        return 0
     train_latents, train_decoded = latent_pairs(model, EpisodeSampler(trn, 1), args.samples, args.seed + 1, GT_SHARE)
     val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
     data_s = time.time() - start
