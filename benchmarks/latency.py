@@ -9,13 +9,14 @@ Rows (one query against a fixed support set, 1 shot by default, at the model res
 | --- | --- |
 | `reference` | the released code's way: every query re-encodes the support image and mask, runs the whole support UNet (not stopped after the last self-attention), then encodes the query, runs the query UNet and the full VAE decoder; PyTorch eager, fp32 |
 | `torch-cached` | the same PyTorch model with the support bank computed once: query encode, UNet, decode |
-| `onnxruntime` | the engine directory's `query_segmenter` graph (bank computed once by `support_encoder`), CPU |
+| `onnxruntime`, `openvino`, `openvino-bf16` | each engine directory's `query_segmenter` graph (bank computed once by `support_encoder`) on that CPU backend (`--backends`); `, fast read-out` for a directory built with the distilled decoder |
 
 Stages: `support` (per query in `reference`, once otherwise), `query_encode`, `query_unet`,
 `readout` (VAE decode and threshold), plus `io` in the runtime (in-graph resizing and casts).
 PyTorch stages are timed one by one; the runtime's query graph is timed whole and split by
-stage with ONNX Runtime's profiler (each node's exporter name scope tells its stage). Medians
-after warm-up, with min and max; ratios against `reference` come from this same run.
+stage with ONNX Runtime's profiler or OpenVINO's per-node counters (each exported node's name
+scope tells its stage). Medians after warm-up, with min and max; ratios against `reference`
+come from this same run.
 FLOPs per stage are counted with `torch.utils.flop_counter` and set against the machine's peak,
 measured in the same run with a large fp32 matmul. Peak memory per stage is the resident set
 above the level at the stage's start (`benchmarks.memory`): per PyTorch stage, and per graph run
@@ -235,8 +236,8 @@ def _time_runtime(
     """(support timing, query timing, the query graph's feed) with a FewShotSegmenter on `backend`."""
     segmenter = FewShotSegmenter.from_dir(engines, threads=threads, verify=False, backend=backend)
     (image, mask), query = episode
-    # Memory on the first runs: ONNX Runtime's arena (and OpenVINO's memory pool) grows to what a graph needs then keeps it, so
-    # later runs show no growth although they use the same memory.
+    # Memory on the first runs: ONNX Runtime's arena (and OpenVINO's memory pool) grows to what a
+    # graph needs then keeps it, so later runs show no growth although they use the same memory.
     memory = {
         "support": peak_extra_mb(lambda: segmenter.set_support(image, mask)),
         "query": peak_extra_mb(lambda: segmenter.segment(query)),

@@ -133,8 +133,8 @@ def _openvino():
         return importlib.import_module("openvino")
     except ImportError as err:
         raise RuntimeError(
-            f"the openvino backends need the openvino package ({err}): pip install 'diffseg-deploy[openvino]', "
-            "or use backend='onnxruntime'"
+            f"the openvino backends need the openvino package ({err}): pip install 'diffseg-deploy[runtime]' "
+            "(or openvino), or use backend='onnxruntime'"
         ) from err
 
 
@@ -163,10 +163,10 @@ class OpenVinoGraph:
     """A graph compiled by OpenVINO for the CPU, from the same .onnx file ONNX Runtime reads.
 
     Args:
-        precision: "f32", or "bf16": convolutions and matmuls take bf16 operands and accumulate in
-            fp32 (same exponent range as fp32, so no fp16-style overflow); OpenVINO keeps
-            normalisations and softmax in fp32. Refused on a CPU without bf16 instructions, where
-            OpenVINO would silently emulate it.
+        precision: "f32", or "bf16": OpenVINO's bf16 inference precision (bf16 operands with fp32
+            accumulation in convolutions and matmuls; bf16 has fp32's exponent range, so no
+            fp16-style overflow). Refused on a CPU without bf16 instructions rather than run at
+            another precision than the one asked for.
         threads: inference threads (None: OpenVINO's default, one per physical core).
 
     One inference request per graph: do not run one graph from several threads at once.
