@@ -1,7 +1,8 @@
 """Distil the fast mask read-out (`modeling.mask_decoder`) from a DiffewS model's VAE decoder.
 
     python -m train.mask_decoder --model modeling/pretrained/synth-diffews
-    python -m train.mask_decoder --model runs/diffews-fold0 --samples 4000 --steps 3000 --overwrite
+    python -m train.mask_decoder --model runs/diffews-fold0 --samples 8000 --steps 12000 --overwrite
+    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --evaluate   # figures only
 
 Data: the model's own predicted mask latents on episodes of its fold's *training* categories
 (what the decoder will see in use), plus a quarter of latents of ground-truth masks, each paired
@@ -154,9 +155,9 @@ def train(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="DiffewS model folder (the decoder is saved in it)")
-    parser.add_argument("--samples", type=int, default=3000, help="training latents")
+    parser.add_argument("--samples", type=int, default=4000, help="training latents")
     parser.add_argument("--val", type=int, default=500, help="held-out predictions for the agreement figure")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -177,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     model = load_diffews(args.model)
     fold = int(read_config(args.model).get("data", {}).get("fold", 0))
     world = SyntheticWorld(resolution=model.resolution, seed=0)
-    trn = SyntheticFewShot(world, fold=fold, split="trn", size=2000)
     val = SyntheticFewShot(world, fold=fold, split="val", size=1000)
     if args.evaluate:
         if model.mask_decoder is None:
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
         print(json.dumps(agreement(model, model.mask_decoder, val_latents, val_decoded), indent=1))
         return 0
+    trn = SyntheticFewShot(world, fold=fold, split="trn", size=2000)
     train_latents, train_decoded = latent_pairs(model, EpisodeSampler(trn, 1), args.samples, args.seed + 1, GT_SHARE)
     val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
     data_s = time.time() - start
