@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch and runtime threads")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="what runs the engines")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="what runs the engines (default: the runtime's, auto)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
 

@@ -9,10 +9,10 @@ Rows (one query against a fixed support set, 1 shot by default, at the model res
 | --- | --- |
 | `reference` | the released code's way: every query re-encodes the support image and mask, runs the whole support UNet (not stopped after the last self-attention), then encodes the query, runs the query UNet and the full VAE decoder; PyTorch eager, fp32 |
 | `torch-cached` | the same PyTorch model with the support bank computed once: query encode, UNet, decode |
-| `onnxruntime`, `openvino`, `openvino-bf16` | each engine directory's `query_segmenter` graph (bank computed once by `support_encoder`) on that CPU backend (`--backends`); `, fast read-out` for a directory built with the distilled decoder |
+| `onnxruntime`, `openvino`, `openvino-bf16` | each engine directory's `query_segmenter` graph (bank computed once by `support_encoder`) on that CPU backend (`--backends`); `, head read-out` / `, fast read-out` for a directory built with the model's mask head / distilled decoder |
 
 Stages: `support` (per query in `reference`, once otherwise), `query_encode`, `query_unet`,
-`readout` (VAE decode and threshold), plus `io` in the runtime (in-graph resizing and casts).
+`readout` (mask decode and threshold), plus `io` in the runtime (in-graph resizing and casts).
 PyTorch stages are timed one by one; the runtime's query graph is timed whole and split by
 stage with ONNX Runtime's profiler or OpenVINO's per-node counters (each exported node's name
 scope tells its stage). Medians after warm-up, with min and max; ratios against `reference`
@@ -54,6 +54,12 @@ from segdata.world import SyntheticWorld
 
 STAGES = ("support", "query_encode", "query_unet", "readout", "io")
 SD21_ENGINES = Path("engines/sd21-random")
+# manifest read-out decoder -> (the PyTorch stage its FLOPs come from, the row name's suffix)
+READOUT_ROWS = {
+    "vae": ("readout", ""),
+    "mask_head": ("readout_head", ", head read-out"),
+    "mask_decoder": ("readout_fast", ", fast read-out"),
+}
 
 
 def timed(fn, repeats: int, warmup: int) -> dict:
@@ -110,8 +116,11 @@ def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], qu
     def readout():
         state["mask"] = model.decode_masks(state["out"])
 
+    def readout_head():
+        state["mask"] = model.decode_masks(state["out"], "head")
+
     def readout_fast():
-        state["mask"] = model.decode_masks(state["out"], fast=True)
+        state["mask"] = model.decode_masks(state["out"], "fast")
 
     cached_support()
     query_encode()
@@ -123,6 +132,8 @@ def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], qu
         "query_unet": query_unet,
         "readout": readout,
     }
+    if model.mask_head is not None:
+        stages["readout_head"] = readout_head
     if model.mask_decoder is not None:
         stages["readout_fast"] = readout_fast
     return stages
@@ -155,7 +166,9 @@ def stage_of(scopes: str) -> str:
         return "query_encode"
     if "model.unet" in scopes:
         return "query_unet"
-    if any(k in scopes for k in ("model.vae.decoder", "model.vae.post_quant_conv", "model.mask_decoder")):
+    if any(
+        k in scopes for k in ("model.vae.decoder", "model.vae.post_quant_conv", "model.mask_head", "model.mask_decoder")
+    ):
         return "readout"
     return "io"
 
@@ -276,8 +289,8 @@ def measure_runtime(engines: Path, backend: str, episode, repeats: int, warmup: 
 def load_models(engines: list[Path]) -> tuple[DiffewsModel, Manifest]:
     """The PyTorch model the engines were built from (SDPA attention, as eager users run it)."""
     manifests = [Manifest.read(e, verify=False) for e in engines]
-    # The source of a fast-read-out build carries the mask decoder its PyTorch FLOPs are counted on.
-    manifest = max(manifests, key=lambda m: m.readout.get("decoder") == "mask_decoder")
+    # The source of a head or fast read-out build carries the network its PyTorch FLOPs are counted on.
+    manifest = max(manifests, key=lambda m: m.readout.get("decoder", "vae") != "vae")
     if len({m.model["hash"] for m in manifests}) > 1:
         raise SystemExit(f"error: the engine directories {engines} were built from different models")
     if manifest.model["hash"] == RANDOM_SD21_HASH:
@@ -317,7 +330,7 @@ def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[d
     Args:
         torch_mb: peak extra resident memory per PyTorch stage; a row's figure is its largest stage.
         runtimes: per engine directory and backend, `measure_runtime`'s result (with its "backend" and
-            "decoder", "vae" or "mask_decoder").
+            "decoder", "vae", "mask_head" or "mask_decoder").
     """
 
     def median(t):
@@ -351,9 +364,9 @@ def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[d
     for runtime in runtimes:
         query = median(runtime["query"])
         stages = {"support": 0.0, **{s: query * share for s, share in runtime["split"].items()}}
-        fast = runtime["decoder"] == "mask_decoder"
-        readout_flops = torch_flops["readout_fast"] if fast else torch_flops["readout"]
-        name = runtime["backend"] + (", fast read-out" if fast else "")
+        stage, suffix = READOUT_ROWS[runtime["decoder"]]
+        readout_flops = torch_flops[stage]
+        name = runtime["backend"] + suffix
         once, memory = median(runtime["support"]), runtime["query"]["peak_extra_mb"]
         rows.append(_row(name, stages, once, query_flops + readout_flops, reference_ms, peak, memory))
         rows[-1]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}
@@ -418,12 +431,13 @@ def plot(result: dict, path: Path) -> None:
 
 
 def ensure_sd21_engines(threads: int | None) -> list[Path]:
-    """engines/sd21-random (VAE read-out) and engines/sd21-random-fast (distilled read-out), exported once
-    (several minutes and about 17 GB of memory each) and reused."""
+    """engines/sd21-random (VAE read-out), -head and -fast (the random mask head and distilled decoder),
+    exported once (several minutes and about 17 GB of memory each) and reused."""
     from export import build_engine
 
     directories = []
-    for folder, decoder in ((SD21_ENGINES, "vae"), (SD21_ENGINES.with_name(SD21_ENGINES.name + "-fast"), "fast")):
+    for decoder in ("vae", "head", "fast"):
+        folder = SD21_ENGINES if decoder == "vae" else SD21_ENGINES.with_name(f"{SD21_ENGINES.name}-{decoder}")
         if not (folder / "manifest.json").is_file():
             argv = ["--random-arch", "sd21", "--out", str(folder), "--max-shots", "2", "--parity-episodes", "1"]
             argv += ["--readout-decoder", decoder] + (["--threads", str(threads)] if threads else [])

@@ -61,12 +61,12 @@ class QuerySegmenter(nn.Module):
     """A query image, the read-out threshold and an S-shot bank -> the query's uint8 mask at its own size.
 
     Args:
-        fast_readout: decode the mask latent with the model's distilled `mask_decoder` instead of the VAE decoder.
+        readout_decoder: what decodes the mask latent: "vae", "head" or "fast" (`DiffewsModel.decode_mask_images`).
     """
 
-    def __init__(self, model: DiffewsModel, fast_readout: bool = False):
+    def __init__(self, model: DiffewsModel, readout_decoder: str = "vae"):
         super().__init__()
-        self.model, self.fast_readout = model, fast_readout
+        self.model, self.readout_decoder = model, readout_decoder
 
     def forward(self, image: torch.Tensor, threshold: torch.Tensor, *bank: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -78,7 +78,7 @@ class QuerySegmenter(nn.Module):
         z_query = model.encode(_image_to_model(image, model.resolution))
         with model.fusion.reading(kv):
             output = model.unet(z_query, TIMESTEP, encoder_hidden_states=model.empty_embedding).sample
-        decoded = model.decode_mask_images(-output, fast=self.fast_readout)
+        decoded = model.decode_mask_images(-output, self.readout_decoder)
         x = (decoded.clamp(-1, 1) + 1) / 2  # [1, 3, R, R] in [0, 1]
         if model.readout.relative is not None:
             cut = threshold * x.max()

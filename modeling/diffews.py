@@ -140,6 +140,9 @@ class MaskReadout:
         return x.mean(dim=1) > threshold
 
 
+READOUT_DECODERS = ("vae", "head", "fast")  # what decodes the mask latent; see `DiffewsModel.decode_mask_images`
+
+
 class DiffewsModel(nn.Module):
     """The DiffewS network: KV-fusion UNet with `conv_in_ref`, frozen VAE, fixed empty-text embedding.
 
@@ -151,7 +154,9 @@ class DiffewsModel(nn.Module):
         attention: "sdpa" or "matmul" (see `modeling.kv_fusion`).
         readout: decoded mask -> binary mask.
         mask_decoder: the distilled fast read-out (`modeling.mask_decoder`), used by
-            `decode_masks(..., fast=True)` in place of the VAE decoder; None if the model has none.
+            `decode_masks(..., decoder="fast")` in place of the VAE decoder; None if the model has none.
+        mask_head: the VAE decoder to half resolution plus a learned head (`modeling.mask_head`),
+            used by `decode_masks(..., decoder="head")`; None if the model has none.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class DiffewsModel(nn.Module):
         attention: str = "sdpa",
         readout: MaskReadout | None = None,
         mask_decoder: nn.Module | None = None,
+        mask_head: nn.Module | None = None,
     ):
         super().__init__()
         if not isinstance(unet.conv_in, StreamConvIn):
@@ -172,7 +178,7 @@ class DiffewsModel(nn.Module):
         self.register_buffer("empty_embedding", empty_embedding.detach().float(), persistent=False)
         self.fusion = KVFusion(unet, attention)
         self.readout = readout or MaskReadout()
-        self.mask_decoder = mask_decoder
+        self.mask_decoder, self.mask_head = mask_decoder, mask_head
         # Recompute each stream in the backward pass instead of storing its activations. Done per
         # stream, not with diffusers' per-block checkpointing: a block recomputed during backward
         # would run outside the stream's record / read mode and silently attend to the wrong tokens.
@@ -191,21 +197,28 @@ class DiffewsModel(nn.Module):
         z = posterior.sample() if sample else posterior.mean
         return z * self.vae.config.scaling_factor
 
-    def decode_mask_images(self, mask_latents: torch.Tensor, fast: bool = False) -> torch.Tensor:
+    def decode_mask_images(self, mask_latents: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
         """(B, 4, h, w) predicted mask latents -> (B, 3, H, W) decoded mask images in about [-1, 1].
 
         Args:
-            fast: use the distilled `mask_decoder` instead of the VAE decoder.
+            decoder: one of `READOUT_DECODERS`: "vae" (the full VAE decoder, the method's own),
+                "head" (the model's `mask_head`) or "fast" (its distilled `mask_decoder`).
         """
-        if not fast:
+        if decoder == "vae":
             return self.vae.decode(mask_latents / self.vae.config.scaling_factor).sample
-        if self.mask_decoder is None:
-            raise ValueError("this model has no mask_decoder; train one with python -m train.mask_decoder")
-        return self.mask_decoder(mask_latents)
+        if decoder not in READOUT_DECODERS:
+            raise ValueError(f"unknown read-out decoder {decoder!r}; choose one of {', '.join(READOUT_DECODERS)}")
+        network = self.mask_head if decoder == "head" else self.mask_decoder
+        if network is None:
+            raise ValueError(
+                f"this model has no {'mask_head' if decoder == 'head' else 'mask_decoder'}; train one with "
+                f"python -m train.mask_decoder --model DIR --kind {decoder}"
+            )
+        return network(mask_latents)
 
-    def decode_masks(self, mask_latents: torch.Tensor, fast: bool = False) -> torch.Tensor:
+    def decode_masks(self, mask_latents: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
         """(B, 4, h, w) predicted mask latents -> (B, H, W) bool via a decoder (see above) and the read-out."""
-        return self.readout(self.decode_mask_images(mask_latents, fast))
+        return self.readout(self.decode_mask_images(mask_latents, decoder))
 
     def _context(self, batch: int) -> torch.Tensor:
         return self.empty_embedding.expand(batch, -1, -1)
@@ -296,7 +309,7 @@ RANDOM_SD21_SOURCE, RANDOM_SD21_HASH = "random sd21 (seed 0)", "random-sd21-seed
 
 
 def random_sd21_diffews(attention: str = "sdpa") -> DiffewsModel:
-    """The SD 2.1 architecture with seeded random weights (and a random fast mask decoder).
+    """The SD 2.1 architecture with seeded random weights (and random fast mask decoder and mask head).
 
     Speed and graph size do not depend on the weights, so export and latency checks at full size
     need no download; the same seed gives the same model in `export.build_engine --random-arch
@@ -304,9 +317,13 @@ def random_sd21_diffews(attention: str = "sdpa") -> DiffewsModel:
     """
     from modeling.configs import SD21_UNET, SD21_VAE
     from modeling.mask_decoder import MaskDecoder
+    from modeling.mask_head import HeadReadout, MaskHead, MaskHeadConfig, half_resolution_channels
 
     torch.manual_seed(0)
     unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
     embedding = torch.randn(1, 77, SD21_UNET["cross_attention_dim"])
     decoder = MaskDecoder()
-    return DiffewsModel(unet, vae, embedding, resolution=512, attention=attention, mask_decoder=decoder).eval()
+    head = HeadReadout(vae, MaskHead(MaskHeadConfig(half_resolution_channels(vae))))
+    return DiffewsModel(
+        unet, vae, embedding, resolution=512, attention=attention, mask_decoder=decoder, mask_head=head
+    ).eval()

@@ -5,7 +5,8 @@
     DIR/unet/diffusion_pytorch_model.safetensors   diffusers weight names plus conv_in_ref.weight/bias
     DIR/vae/                               the frozen base VAE (diffusers AutoencoderKL folder)
     DIR/empty_text_embedding.safetensors   "embedding": (1, L, D) float32, the fixed text conditioning
-    DIR/mask_decoder/                      optional: the distilled fast read-out (`python -m train.mask_decoder`)
+    DIR/mask_head/                         optional: the head read-out (`python -m train.mask_decoder --kind head`)
+    DIR/mask_decoder/                      optional: the fast read-out (`python -m train.mask_decoder --kind fast`)
 
 No text encoder or tokenizer is needed at inference: the empty prompt's embedding is a constant.
 `diffusers.UNet2DConditionModel.from_pretrained(DIR / "unet")` still loads the shared UNet (it
@@ -27,6 +28,8 @@ from safetensors.torch import load_file, save_file
 from modeling.diffews import DiffewsModel, MaskReadout, load_unet_state_dict, unet_state_dict
 from modeling.mask_decoder import FOLDER as MASK_DECODER
 from modeling.mask_decoder import load_mask_decoder
+from modeling.mask_head import FOLDER as MASK_HEAD
+from modeling.mask_head import load_mask_head
 from modeling.presets import ModelFolderError
 
 FORMAT = "diffews"
@@ -38,8 +41,8 @@ REQUIRED = (CONFIG_FILE, "unet/config.json", UNET_WEIGHTS, "vae/config.json", EM
 
 
 def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dtype = torch.float32) -> Path:
-    """Writes `model` to `folder` (created; existing model files are replaced, and a `mask_decoder/`
-    distilled from the replaced weights is removed).
+    """Writes `model` to `folder` (created; existing model files are replaced, and a `mask_head/` or
+    `mask_decoder/` distilled from the replaced weights is removed).
 
     Args:
         info: recorded in diffews.json: at least "base" (preset or path it was fine-tuned from);
@@ -47,12 +50,13 @@ def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dty
         dtype: weight precision on disk (float16 halves the size; loading restores float32).
     """
     folder = Path(folder)
-    stale = folder / MASK_DECODER
-    if stale.is_dir():  # distilled from the weights being replaced: it would no longer match them
-        shutil.rmtree(stale)
-        print(
-            f"removed {stale}: it was distilled from the model this save replaces; rerun python -m train.mask_decoder"
-        )
+    for stale in (folder / MASK_HEAD, folder / MASK_DECODER):
+        if stale.is_dir():  # distilled from the weights being replaced: it would no longer match them
+            shutil.rmtree(stale)
+            print(
+                f"removed {stale}: it was distilled from the model this save replaces; "
+                "rerun python -m train.mask_decoder"
+            )
     (folder / "unet").mkdir(parents=True, exist_ok=True)
     model.unet.save_config(folder / "unet")
     state = {k: v.detach().to(dtype).contiguous() for k, v in unet_state_dict(model.unet).items()}
@@ -95,7 +99,7 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 
 def load_diffews(folder: str | os.PathLike, attention: str = "sdpa") -> DiffewsModel:
-    """Loads a DiffewS folder in float32, in eval mode (with its fast mask decoder when it has one)."""
+    """Loads a DiffewS folder in float32, in eval mode (with its mask head and fast decoder when it has them)."""
     folder = Path(folder)
     config = read_config(folder)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
@@ -103,7 +107,8 @@ def load_diffews(folder: str | os.PathLike, attention: str = "sdpa") -> DiffewsM
     embedding = load_file(str(folder / EMBEDDING_FILE))["embedding"].float()
     readout = MaskReadout(**config["readout"])
     decoder = load_mask_decoder(folder / MASK_DECODER) if (folder / MASK_DECODER).is_dir() else None
-    model = DiffewsModel(unet, vae, embedding, int(config["resolution"]), attention, readout, decoder)
+    head = load_mask_head(folder / MASK_HEAD, vae) if (folder / MASK_HEAD).is_dir() else None
+    model = DiffewsModel(unet, vae, embedding, int(config["resolution"]), attention, readout, decoder, head)
     load_unet_state_dict(model.unet, {k: v.float() for k, v in load_file(str(folder / UNET_WEIGHTS)).items()})
     return model.eval()
 

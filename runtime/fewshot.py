@@ -33,7 +33,7 @@ class FewShotSegmenter:
         manifest: Manifest,
         providers: list | None = None,
         threads: int | None = None,
-        backend: str = "onnxruntime",
+        backend: str = "auto",
     ):
         if manifest.kind != "diffews":
             raise ValueError(f"{directory} holds {manifest.kind!r} graphs, not DiffewS; use the matching runtime class")
@@ -53,14 +53,16 @@ class FewShotSegmenter:
         providers: list | None = None,
         threads: int | None = None,
         verify: bool = True,
-        backend: str = "onnxruntime",
+        backend: str = "auto",
     ) -> FewShotSegmenter:
         """Loads `directory` (built by `python -m export.build_engine`); `verify` checks the files' sha256.
 
         Args:
             providers: ONNX Runtime providers for backend "onnxruntime" (default: CPU).
-            backend: "onnxruntime", "openvino", "openvino-bf16", "auto", "onnxruntime-cuda",
-                "onnxruntime-tensorrt" or "tensorrt" (see `runtime.backends`).
+            backend: "auto" (default: `openvino-bf16` on a CPU with bf16, else `onnxruntime`),
+                "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt"
+                or "tensorrt" (see `runtime.backends`). "onnxruntime" or "openvino" give the PyTorch
+                pipeline's masks exactly; bf16 moves some edge pixels (README, latency section).
         """
         return cls(Path(directory), Manifest.read(directory, verify=verify), providers, threads, backend)
 

@@ -35,7 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--query", type=Path, nargs="+", required=True, help="query images")
     parser.add_argument("--out", type=Path, required=True, help="output folder for masks and overlays")
     parser.add_argument("--threshold", type=float, default=None, help="override the manifest's read-out threshold")
-    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="what runs the graphs")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="what runs the graphs (default auto: openvino-bf16 on a CPU with bf16, else onnxruntime; "
+        "onnxruntime or openvino for the PyTorch pipeline's exact masks)",
+    )
     parser.add_argument("--providers", nargs="+", default=None, help="ONNX Runtime providers (backend onnxruntime)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (ONNX Runtime, OpenVINO)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")

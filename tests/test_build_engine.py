@@ -59,7 +59,7 @@ def test_engine_directory_is_complete_and_checked(built):
 def test_runtime_agrees_with_the_pytorch_pipeline(built, episodes):
     folder, engines = built
     model = load_diffews(folder)
-    segmenter = FewShotSegmenter.from_dir(engines)
+    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime")  # the graphs' own numerics
     sizes = [(64, 64), (96, 64), (64, 80), (50, 70)]
     foreground = []
     for episode, size in zip(episodes, sizes):

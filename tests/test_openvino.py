@@ -78,6 +78,14 @@ def test_auto_picks_the_fastest_backend_this_machine_has(monkeypatch):
         resolve_backend("openvino-fp8")
 
 
+def test_the_default_backend_is_auto(built, monkeypatch):
+    _, engines = built
+    expected = "openvino-bf16" if cpu_has_bf16() else "onnxruntime"
+    assert FewShotSegmenter.from_dir(engines, threads=1).backend == expected
+    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    assert FewShotSegmenter.from_dir(engines).backend == "onnxruntime"
+
+
 def test_openvino_graphs_check_their_inputs(built, episodes):
     _, engines = built
     segmenter = FewShotSegmenter.from_dir(engines, backend="openvino", threads=1)

@@ -1,16 +1,20 @@
-"""Distil the fast mask read-out (`modeling.mask_decoder`) from a DiffewS model's VAE decoder.
+"""Distil a cheap mask read-out from a DiffewS model's VAE decoder: `--kind head` or `--kind fast`.
 
-    python -m train.mask_decoder --model modeling/pretrained/synth-diffews
-    python -m train.mask_decoder --model runs/diffews-fold0 --samples 8000 --steps 12000 --overwrite
-    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --evaluate   # figures only
+    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --kind head
+    python -m train.mask_decoder --model runs/diffews-fold0 --kind fast --samples 8000 --steps 12000 --overwrite
+    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --kind head --evaluate   # figures only
+
+Kinds: `head` (`modeling.mask_head`) keeps the VAE decoder up to half resolution and learns only
+its last stretch; `fast` (`modeling.mask_decoder`) replaces the whole decoder with a small network
+on the latent: far cheaper, less faithful at the edges.
 
 Data: the model's own predicted mask latents on episodes of its fold's *training* categories
 (what the decoder will see in use), plus a quarter of latents of ground-truth masks, each paired
 with the VAE decoder's output. Loss: L1 to the decoded image plus a soft version of the
 read-out's threshold decision (boundaries matter more than grey levels). Agreement, the figure that
 matters: per-mask IoU between `MaskReadout` on the fast decoder's output and on the VAE
-decoder's, on predictions for episodes of the *held-out* categories. Writes `mask_decoder/` into
-the model folder (never over an existing one without --overwrite).
+decoder's, on predictions for episodes of the *held-out* categories. Writes `mask_head/` or
+`mask_decoder/` into the model folder (never over an existing one without --overwrite).
 """
 
 from __future__ import annotations
@@ -23,12 +27,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, read_config
 from modeling.imaging import images_to_tensor, masks_to_tensor
-from modeling.mask_decoder import FOLDER, MaskDecoder, MaskDecoderConfig, save_mask_decoder
+from modeling.mask_decoder import FOLDER as DECODER_FOLDER
+from modeling.mask_decoder import MaskDecoder, MaskDecoderConfig, save_mask_decoder
+from modeling.mask_head import FOLDER as HEAD_FOLDER
+from modeling.mask_head import (
+    HeadReadout,
+    MaskHead,
+    MaskHeadConfig,
+    half_resolution_channels,
+    half_resolution_features,
+    save_mask_head,
+)
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
@@ -63,6 +78,13 @@ def latent_pairs(
             decoded.append(model.vae.decode(z / model.vae.config.scaling_factor).sample.clamp(-1, 1).half())
             bar.update(len(chunk))
     return torch.cat(latents), torch.cat(decoded)
+
+
+@torch.no_grad()
+def cached_features(vae, latents: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """(N, 4, h, w) latents -> (N, C, 4h, 4w) float16 `half_resolution_features`, computed once:
+    the head's training then runs only the head."""
+    return torch.cat([half_resolution_features(vae, z).half() for z in latents.split(batch)])
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -123,8 +145,8 @@ def threshold_loss(pred: torch.Tensor, target: torch.Tensor, readout, softness: 
 
 
 def train(
-    decoder: MaskDecoder,
-    latents: torch.Tensor,
+    decoder: nn.Module,
+    inputs: torch.Tensor,
     decoded: torch.Tensor,
     readout,
     steps: int,
@@ -133,15 +155,18 @@ def train(
     seed: int,
     threshold_weight: float = 0.1,
 ):
-    """AdamW with a one-cycle schedule on L1 + `threshold_weight` x `threshold_loss`."""
+    """AdamW with a one-cycle schedule on L1 + `threshold_weight` x `threshold_loss`.
+
+    `inputs` are what `decoder` takes: latents for a `MaskDecoder`, cached features for a `MaskHead`.
+    """
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     decoder.train()
     losses = []
     for _ in (bar := tqdm(range(steps), desc="mask decoder", unit="step")):
-        index = torch.randint(len(latents), (batch,))
-        pred, target = decoder(latents[index]), decoded[index].float()
+        index = torch.randint(len(inputs), (batch,))
+        pred, target = decoder(inputs[index].float()), decoded[index].float()
         loss = (pred - target).abs().mean() + threshold_weight * threshold_loss(pred, target, readout)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -154,22 +179,28 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="DiffewS model folder (the decoder is saved in it)")
+    parser.add_argument("--model", type=Path, required=True, help="DiffewS model folder (the read-out is saved in it)")
+    parser.add_argument(
+        "--kind", choices=("head", "fast"), default="head", help="head: mask_head/ (default); fast: mask_decoder/"
+    )
     parser.add_argument("--samples", type=int, default=4000, help="training latents")
     parser.add_argument("--val", type=int, default=500, help="held-out predictions for the agreement figure")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latent-channels", type=int, default=MaskDecoderConfig.latent_channels)
-    parser.add_argument("--up-channels", type=int, nargs=3, default=list(MaskDecoderConfig.up_channels))
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing mask_decoder/")
+    parser.add_argument("--head-width", type=int, default=MaskHeadConfig.width, help="--kind head: the head's channels")
+    parser.add_argument("--latent-channels", type=int, default=MaskDecoderConfig.latent_channels, help="--kind fast")
     parser.add_argument(
-        "--evaluate", action="store_true", help="train nothing: the agreement figures of the model's existing decoder"
+        "--up-channels", type=int, nargs=3, default=list(MaskDecoderConfig.up_channels), help="--kind fast"
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing mask_head/ or mask_decoder/")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="train nothing: the agreement figures of the model's existing read-out"
     )
     args = parser.parse_args(argv)
-    out = args.model / FOLDER
+    out = args.model / (HEAD_FOLDER if args.kind == "head" else DECODER_FOLDER)
     if out.exists() and not (args.overwrite or args.evaluate):
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
     if args.threads:
@@ -180,26 +211,27 @@ def main(argv: list[str] | None = None) -> int:
     world = SyntheticWorld(resolution=model.resolution, seed=0)
     val = SyntheticFewShot(world, fold=fold, split="val", size=1000)
     if args.evaluate:
-        if model.mask_decoder is None:
-            raise SystemExit(f"error: {args.model} has no {FOLDER}/ to evaluate; train one first")
+        existing = model.mask_head if args.kind == "head" else model.mask_decoder
+        if existing is None:
+            raise SystemExit(f"error: {args.model} has no {out.name}/ to evaluate; train one first")
         val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
-        print(json.dumps(agreement(model, model.mask_decoder, val_latents, val_decoded), indent=1))
+        print(json.dumps(agreement(model, existing, val_latents, val_decoded), indent=1))
         return 0
     trn = SyntheticFewShot(world, fold=fold, split="trn", size=2000)
     train_latents, train_decoded = latent_pairs(model, EpisodeSampler(trn, 1), args.samples, args.seed + 1, GT_SHARE)
     val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
+    if args.kind == "head":
+        network = MaskHead(MaskHeadConfig(half_resolution_channels(model.vae), width=args.head_width))
+        inputs = cached_features(model.vae, train_latents)
+    else:
+        config = MaskDecoderConfig(latent_channels=args.latent_channels, up_channels=tuple(args.up_channels))
+        network, inputs = MaskDecoder(config), train_latents
     data_s = time.time() - start
-    decoder, final_loss = train(
-        MaskDecoder(MaskDecoderConfig(latent_channels=args.latent_channels, up_channels=tuple(args.up_channels))),
-        train_latents,
-        train_decoded,
-        model.readout,
-        args.steps,
-        args.batch,
-        args.lr,
-        args.seed,
+    network, final_loss = train(
+        network, inputs, train_decoded, model.readout, args.steps, args.batch, args.lr, args.seed
     )
-    figures = agreement(model, decoder, val_latents, val_decoded)
+    readout = HeadReadout(model.vae, network) if args.kind == "head" else network
+    figures = agreement(model, readout, val_latents, val_decoded)
     info = {
         "distilled_from": str(args.model),
         "command": "python -m train.mask_decoder " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -209,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "agreement_held_out": figures,
         "wall_time_s": {"data": round(data_s, 1), "total": round(time.time() - start, 1)},
     }
-    save_mask_decoder(decoder, out, info)
+    (save_mask_head if args.kind == "head" else save_mask_decoder)(network, out, info)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -1,0 +1,189 @@
+"""The learned mask read-outs (mask head, fast decoder): networks, folders, training, PyTorch model and engines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import latency
+from export import build_engine
+from modeling.diffews_folder import load_diffews, save_diffews
+from modeling.mask_decoder import FOLDER, MaskDecoder, load_mask_decoder, save_mask_decoder
+from modeling.mask_head import FOLDER as HEAD_FOLDER
+from modeling.mask_head import (
+    HeadReadout,
+    MaskHead,
+    MaskHeadConfig,
+    half_resolution_channels,
+    half_resolution_features,
+    load_mask_head,
+    save_mask_head,
+)
+from runtime.fewshot import FewShotSegmenter
+from runtime.manifest import Manifest
+from train import mask_decoder as mask_decoder_cli
+
+
+def test_decoder_upsamples_by_eight_into_the_vae_range():
+    out = MaskDecoder()(torch.randn(2, 4, 8, 6))
+    assert out.shape == (2, 3, 64, 48) and out.abs().max() <= 1
+
+
+def test_saved_decoder_loads_identical(tmp_path):
+    torch.manual_seed(0)
+    decoder = MaskDecoder().eval()
+    save_mask_decoder(decoder, tmp_path / "d", {"note": "x"})
+    z = torch.randn(1, 4, 8, 8)
+    assert torch.equal(load_mask_decoder(tmp_path / "d")(z), decoder(z))
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["note"] == "x"
+    with pytest.raises(FileNotFoundError, match="train one with python -m train.mask_decoder"):
+        load_mask_decoder(tmp_path / "nothing")
+
+
+def test_half_resolution_features_are_the_vae_decoder_up_to_its_last_upsampling(tiny_model):
+    vae = tiny_model.vae.eval()
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        h = half_resolution_features(vae, z * vae.config.scaling_factor)
+        assert h.shape == (2, half_resolution_channels(vae), 32, 32)
+        decoder = vae.decoder  # the rest of the VAE decoder from there gives vae.decode exactly
+        for upsampler in decoder.up_blocks[-2].upsamplers:
+            h = upsampler(h)
+        rest = decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(decoder.up_blocks[-1](h, None))))
+        assert torch.allclose(rest, vae.decode(z).sample, atol=1e-5)
+
+
+def test_head_read_out_trains_only_its_head_and_refuses_another_vae(tiny_model):
+    vae = tiny_model.vae.eval()
+    head = MaskHead(MaskHeadConfig(half_resolution_channels(vae)))
+    readout = HeadReadout(vae, head)
+    out = readout(torch.randn(2, 4, 8, 6))
+    assert out.shape == (2, 3, 64, 48) and out.abs().max() <= 1
+    assert readout.state_dict().keys() == {f"head.{k}" for k in head.state_dict()}  # the VAE is shared, not owned
+    with pytest.raises(ValueError, match="trained for another VAE"):
+        HeadReadout(vae, MaskHead(MaskHeadConfig(half_resolution_channels(vae) + 1)))
+
+
+def test_saved_head_loads_identical(tiny_model, tmp_path):
+    torch.manual_seed(0)
+    head = MaskHead(MaskHeadConfig(half_resolution_channels(tiny_model.vae), width=16)).eval()
+    save_mask_head(head, tmp_path / "h", {"note": "x"})
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load_mask_head(tmp_path / "h", tiny_model.vae)(z), HeadReadout(tiny_model.vae, head)(z))
+    with pytest.raises(FileNotFoundError, match="--kind head"):
+        load_mask_head(tmp_path / "nothing", tiny_model.vae)
+
+
+@pytest.fixture(scope="module")
+def tiny_with_decoder(built, tmp_path_factory):
+    """The tiny model folder of the `built` fixture, with a mask head and a fast decoder distilled in a few steps."""
+    folder = tmp_path_factory.mktemp("fast") / "model"
+    shutil.copytree(built[0], folder)
+    argv = ["--model", str(folder), "--samples", "32", "--val", "16", "--steps", "5", "--batch", "8"]
+    mask_decoder_cli.main(argv + ["--kind", "fast"])
+    mask_decoder_cli.main(argv + ["--head-width", "8"])  # --kind head is the default
+    return folder
+
+
+@pytest.mark.parametrize("kind, folder", [("fast", FOLDER), ("head", HEAD_FOLDER)])
+def test_distillation_writes_its_figures_and_keeps_existing_read_outs(tiny_with_decoder, kind, folder):
+    info = json.loads((tiny_with_decoder / folder / "config.json").read_text())
+    figures = info["agreement_held_out"]
+    assert figures["masks"] == 16 and 0 <= figures["min_iou"] <= figures["mean_iou"] <= 1
+    assert info["command"].startswith("python -m train.mask_decoder --model")
+    with pytest.raises(SystemExit, match="--overwrite"):
+        mask_decoder_cli.main(["--model", str(tiny_with_decoder), "--kind", kind])
+    assert 0 <= figures["flipped_on_boundary_band"] <= 1 and figures["flipped_pixels_per_mask"] >= 0
+
+
+def test_evaluate_reports_the_existing_decoder_and_writes_nothing(tiny_with_decoder, capsys, tmp_path):
+    weights = tiny_with_decoder / HEAD_FOLDER / "model.safetensors"
+    before = weights.read_bytes()
+    mask_decoder_cli.main(["--model", str(tiny_with_decoder), "--evaluate", "--val", "8"])
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["masks"] == 8 and 0 <= figures["mean_iou"] <= 1 and "iou_with_vae_maximum" in figures
+    assert weights.read_bytes() == before
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_with_decoder, bare)
+    shutil.rmtree(bare / FOLDER)
+    with pytest.raises(SystemExit, match="no mask_decoder/ to evaluate"):
+        mask_decoder_cli.main(["--model", str(bare), "--kind", "fast", "--evaluate"])
+
+
+def test_boundary_band_is_the_one_pixel_ring_on_both_sides_of_an_edge():
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True
+    band = mask_decoder_cli.boundary_band(masks)[0]
+    assert band.sum() == band[1:7, 1:7].sum() == 32  # the 6 x 6 ring around the square, less its 2 x 2 core
+    assert not band[3:5, 3:5].any()
+
+
+@pytest.mark.parametrize("kind, folder", [("fast", FOLDER), ("head", HEAD_FOLDER)])
+def test_learned_read_outs_in_pytorch_and_in_the_engines(built, tiny_with_decoder, tmp_path, kind, folder):
+    model = load_diffews(tiny_with_decoder)
+    plain = load_diffews(built[0])
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert model.decode_masks(z, kind).shape == (1, 64, 64)
+    with pytest.raises(ValueError, match=f"has no {folder}"):
+        plain.decode_masks(z, kind)
+    with pytest.raises(ValueError, match="unknown read-out decoder"):
+        model.decode_masks(z, "tiny")
+    with pytest.raises(SystemExit, match=f"no {folder}/"):
+        build_engine.main(["--model", str(built[0]), "--out", str(tmp_path / "x"), "--readout-decoder", kind])
+
+    engines = tmp_path / kind
+    build_engine.main(
+        ["--model", str(tiny_with_decoder), "--out", str(engines), "--max-shots", "2", "--readout-decoder", kind]
+    )
+    manifest = Manifest.read(engines)
+    assert manifest.readout["decoder"] == folder and all(r["passed"] for r in manifest.parity)
+    segmenter = FewShotSegmenter.from_dir(engines)
+    image = np.zeros((64, 64, 3), np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:40, 20:44] = 1
+    segmenter.set_support(image, mask)
+    assert segmenter.segment(image).shape == (64, 64)
+
+
+def test_auto_read_out_is_the_head_where_the_model_has_one(built, tiny_with_decoder):
+    assert build_engine.choose_readout_decoder("auto", load_diffews(tiny_with_decoder)) == "head"
+    assert build_engine.choose_readout_decoder("auto", load_diffews(built[0])) == "vae"
+
+
+def test_latency_rows_for_every_read_out(built, tiny_with_decoder, tmp_path):
+    engines = tmp_path / "fast"
+    build_engine.main(["--model", str(tiny_with_decoder), "--out", str(engines), "--readout-decoder", "fast"])
+    head = tmp_path / "head"
+    build_engine.main(["--model", str(tiny_with_decoder), "--out", str(head)])  # auto: the head
+    out = tmp_path / "bench"
+    argv = ["--engines", str(built[1]), str(engines), str(head), "--out", str(out), "--repeats", "1", "--warmup", "0"]
+    latency.main(argv + ["--backends", "onnxruntime"])
+    rows = {r["row"]: r for r in json.loads((out / "latency.json").read_text())["rows"]}
+    assert list(rows) == [
+        "reference",
+        "torch-cached",
+        "onnxruntime",
+        "onnxruntime, fast read-out",
+        "onnxruntime, head read-out",
+    ]
+    assert rows["onnxruntime, head read-out"]["stages_ms"]["readout"] > 0
+    # Same query work except the read-out, counted on the decoder each build uses (at toy width the
+    # VAE decoder is the cheaper one; at SD 2.1 size the distilled one is about 700x cheaper).
+    fast, vae = rows["onnxruntime, fast read-out"], rows["onnxruntime"]
+    assert fast["gflop_per_query"] != pytest.approx(vae["gflop_per_query"])
+    assert fast["engines"] == str(engines) and vae["engines"] == str(built[1])
+
+
+def test_replacing_a_model_removes_its_stale_read_outs(tiny_with_decoder, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_with_decoder, folder)
+    save_diffews(load_diffews(folder), folder, {"base": "tiny-random"})
+    assert not (folder / FOLDER).exists() and not (folder / HEAD_FOLDER).exists()
+    reloaded = load_diffews(folder)
+    assert reloaded.mask_decoder is None and reloaded.mask_head is None
