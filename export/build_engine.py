@@ -40,6 +40,7 @@ from modeling.diffews import (
     RANDOM_SD21_HASH,
     RANDOM_SD21_SOURCE,
     READOUT_DECODERS,
+    READOUT_NETWORKS,
     DiffewsModel,
     random_sd21_diffews,
 )
@@ -151,7 +152,8 @@ def build(args: argparse.Namespace) -> Path:
             readout={
                 "mode": mode,
                 "threshold": readout_threshold(model),
-                "decoder": DECODER_SOURCES[args.readout_decoder],
+                # the part of the model folder that decodes the mask latent
+                "decoder": READOUT_NETWORKS.get(args.readout_decoder, "vae"),
             },
             max_shots=args.max_shots,
             layers=layers,
@@ -212,10 +214,6 @@ def load_source(args: argparse.Namespace) -> tuple[DiffewsModel, dict]:
     return model, {**source, "fold": int(config.get("data", {}).get("fold", 0))}
 
 
-# The manifest's readout "decoder": the part of the model folder that decodes the mask latent.
-DECODER_SOURCES = {"vae": "vae", "head": "mask_head", "fast": "mask_decoder"}
-
-
 def choose_readout_decoder(choice: str, model: DiffewsModel) -> str:
     """--readout-decoder -> one of `READOUT_DECODERS`; auto is the model's mask head where it has one.
 
@@ -223,8 +221,8 @@ def choose_readout_decoder(choice: str, model: DiffewsModel) -> str:
     """
     if choice == "auto":
         return "head" if model.mask_head is not None else "vae"
-    folder = DECODER_SOURCES[choice]
-    if choice != "vae" and getattr(model, folder) is None:
+    folder = READOUT_NETWORKS.get(choice)
+    if folder and getattr(model, folder) is None:
         raise SystemExit(
             f"error: --readout-decoder {choice}, but the model has no {folder}/; train one with "
             f"python -m train.mask_decoder --model DIR --kind {choice}"

@@ -141,6 +141,8 @@ class MaskReadout:
 
 
 READOUT_DECODERS = ("vae", "head", "fast")  # what decodes the mask latent; see `DiffewsModel.decode_mask_images`
+# The learned read-outs: decoder -> the model attribute holding it, also its folder in a model folder.
+READOUT_NETWORKS = {"head": "mask_head", "fast": "mask_decoder"}
 
 
 class DiffewsModel(nn.Module):
@@ -208,10 +210,10 @@ class DiffewsModel(nn.Module):
             return self.vae.decode(mask_latents / self.vae.config.scaling_factor).sample
         if decoder not in READOUT_DECODERS:
             raise ValueError(f"unknown read-out decoder {decoder!r}; choose one of {', '.join(READOUT_DECODERS)}")
-        network = self.mask_head if decoder == "head" else self.mask_decoder
+        network = getattr(self, READOUT_NETWORKS[decoder])
         if network is None:
             raise ValueError(
-                f"this model has no {'mask_head' if decoder == 'head' else 'mask_decoder'}; train one with "
+                f"this model has no {READOUT_NETWORKS[decoder]}; train one with "
                 f"python -m train.mask_decoder --model DIR --kind {decoder}"
             )
         return network(mask_latents)

@@ -30,12 +30,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from modeling.diffews import DiffewsModel
+from modeling.diffews import READOUT_NETWORKS, DiffewsModel
 from modeling.diffews_folder import load_diffews, read_config
 from modeling.imaging import images_to_tensor, masks_to_tensor
-from modeling.mask_decoder import FOLDER as DECODER_FOLDER
 from modeling.mask_decoder import MaskDecoder, MaskDecoderConfig, save_mask_decoder
-from modeling.mask_head import FOLDER as HEAD_FOLDER
 from modeling.mask_head import (
     HeadReadout,
     MaskHead,
@@ -103,8 +101,9 @@ def boundary_band(masks: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def agreement(model: DiffewsModel, decoder: MaskDecoder, latents: torch.Tensor, decoded: torch.Tensor) -> dict:
-    """Mask IoU between the fast read-out and the VAE decoder's, per mask and accumulated, and where they differ.
+def agreement(model: DiffewsModel, decoder: nn.Module, latents: torch.Tensor, decoded: torch.Tensor) -> dict:
+    """Mask IoU between a learned read-out (`decoder`: latents -> images) and the VAE decoder's, per mask
+    and accumulated, and where they differ.
 
     `iou_with_vae_maximum` thresholds the fast image at the VAE image's own relative cut: if it is
     no better than `mean_iou`, the errors are in the edges, not in the image-wide maximum.
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "--evaluate", action="store_true", help="train nothing: the agreement figures of the model's existing read-out"
     )
     args = parser.parse_args(argv)
-    out = args.model / (HEAD_FOLDER if args.kind == "head" else DECODER_FOLDER)
+    out = args.model / READOUT_NETWORKS[args.kind]  # the folder of that name in the model folder
     if out.exists() and not (args.overwrite or args.evaluate):
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
     if args.threads:
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     world = SyntheticWorld(resolution=model.resolution, seed=0)
     val = SyntheticFewShot(world, fold=fold, split="val", size=1000)
     if args.evaluate:
-        existing = model.mask_head if args.kind == "head" else model.mask_decoder
+        existing = getattr(model, READOUT_NETWORKS[args.kind])
         if existing is None:
             raise SystemExit(f"error: {args.model} has no {out.name}/ to evaluate; train one first")
         val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
