@@ -18,9 +18,7 @@ leaves a half-written engine directory; an existing directory is only replaced w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import shutil
 import sys
 import time
 from importlib import metadata
@@ -46,7 +44,15 @@ from modeling.diffews import (
 )
 from modeling.diffews_folder import load_diffews, model_hash, read_config
 from modeling.presets import PRETRAINED_DIR, ModelFolderError
-from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, GraphSpec, diffews_graph_specs
+from runtime.contract import (
+    QUERY_SEGMENTER,
+    SUPPORT_ENCODER,
+    FusedLayer,
+    GraphSpec,
+    diffews_graph_specs,
+    diffews_rules,
+)
+from runtime.files import replacing_folder, write_text
 from runtime.manifest import MANIFEST_FILE, GraphEntry, Manifest, file_sha256
 from runtime.sessions import GraphSession
 
@@ -140,7 +146,7 @@ def build(args: argparse.Namespace) -> Path:
         rows = _parity(model, specs, samples, graphs, args.threads, args.readout_decoder, start)
         table = parity_table(rows)
         print(table)
-        (work / "parity.md").write_text(table + "\n")
+        write_text(work / "parity.md", table + "\n")
         check_parity(rows)
         mode = "relative" if model.readout.relative is not None else "absolute"
         manifest = Manifest(
@@ -159,6 +165,7 @@ def build(args: argparse.Namespace) -> Path:
             layers=layers,
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
+            rules=diffews_rules(specs, args.max_shots),
         )
         manifest.write(work)
     log_step(f"engine directory ready: {out}", start)
@@ -175,23 +182,13 @@ def check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-@contextlib.contextmanager
 def assembling(out: Path):
-    """Yields a fresh `OUT.partial` folder and renames it to `out` when the block succeeds.
+    """Yields a fresh temporary folder beside `out` and swaps it in for `out` when the block succeeds.
 
-    A failed build never leaves a half-written engine directory under `out` (nor removes the old one).
+    A failed build never leaves a half-written engine directory under `out` nor removes the old
+    one, and a replaced directory is removed only once the new one is in place (`runtime.files`).
     """
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        yield work
-    except BaseException:
-        print(f"build failed; partial files left in {work} for inspection", file=sys.stderr)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
+    return replacing_folder(out, overwrite=True, keep_failed=True)
 
 
 def graph_entry(path: Path, spec: GraphSpec) -> GraphEntry:

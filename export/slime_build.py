@@ -3,7 +3,7 @@
 One `part_segmenter` graph per embedding file (`export.slime_graph`), parity-checked against
 PyTorch on synthetic part scenes at three crop sizes, with a manifest of kind "slime" that holds
 the class names, the default patch layout and the test-time settings baked into the graph.
-The directory is assembled under `DIR.partial` and renamed at the end, as for DiffewS.
+The directory is assembled under a temporary name beside DIR and swapped in at the end, as for DiffewS.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ def build_slime(args: argparse.Namespace) -> Path:
             },  # fmt: skip
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
+            rules={"sides": {"min": args.min_side, "max": args.max_side}},
         ).write(work)
     log_step(f"engine directory ready: {out}", start)
     return out

@@ -10,29 +10,83 @@
 | `onnxruntime-cuda` | ONNX Runtime's CUDA provider | OrtValues in GPU memory |
 | `onnxruntime-tensorrt` | ONNX Runtime's TensorRT provider (engine and timing caches in `DIR/ort_trt_cache`, profiles from the descriptors), CUDA for the rest | OrtValues in GPU memory |
 | `tensorrt` | the directory's TensorRT plans (`export.tensorrt_build`), through Polygraphy's `TrtRunner` | Polygraphy `DeviceArray`s |
-| `openvino` | OpenVINO's CPU plugin, fp32 | `openvino.Tensor`s (copies), set per run |
+| `openvino` | OpenVINO's CPU plugin, fp32; one infer request per concurrent caller (a pool) | `openvino.Tensor`s (copies), set per run |
 | `openvino-bf16` | OpenVINO's CPU plugin, bf16 arithmetic with fp32 accumulation (CPUs with AVX512-BF16 or AMX) for the per-query graphs; the support encoder, run once per support set, stays fp32 (bf16 there costs mask agreement and saves no per-query time) | as `openvino` |
 | `auto` | `openvino-bf16` where OpenVINO is installed and the CPU has bf16, else `onnxruntime` (`resolve_backend`) | |
 
 Everything GPU-side and OpenVINO are imported lazily, so the CPU runtime needs only numpy and onnxruntime.
+
+Concurrency: every graph here may be run from many threads at once, each call getting the outputs
+of its own feed. ONNX Runtime's `InferenceSession.run` is thread-safe (each call binds its own
+I/O); OpenVINO and TensorRT contexts are not, so those graphs hand each concurrent call its own
+infer request / execution context from a pool (`RequestPool`), never a process-wide lock. A call
+that fails discards the request it used, so a failure cannot leave state behind for the next call.
+
+Determinism: the same feed gives bit-identical outputs on every CPU backend. For `openvino-bf16`
+this needs OpenVINO's snippets (its JIT-fused attention and element-wise subgraphs) switched
+off: with them, bf16 attention on more than one thread gave a different mask on most runs of
+the same query (measured on Xeon AVX512-BF16, OpenVINO 2026.4; fp32 snippets are repeatable).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from runtime.contract import SUPPORT_ENCODER, GraphSpec
 from runtime.manifest import EngineDirError, Manifest, file_sha256
-from runtime.sessions import GraphSession
+from runtime.sessions import GraphSession, graph_load_error
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "openvino", "openvino-bf16")
 OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
 ORT_TRT_CACHE = "ort_trt_cache"
+# OpenVINO's CPU plugin caches the kernels it prepares per input shape; the default (5000 entries)
+# let the process grow by about 0.7 MB with every new query size. A bound keeps memory flat while
+# recently used sizes stay fast.
+OPENVINO_SHAPE_CACHE = 64
+
+
+def check_threads(threads: Any) -> int | None:
+    """`threads` as given to a backend: None (the backend's default) or a positive int."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None (the backend's default), got {threads!r}")
+    return threads
+
+
+class RequestPool:
+    """Idle per-call execution states (OpenVINO infer requests, TensorRT contexts) of one compiled graph.
+
+    A caller takes an idle one, or a new one when all are busy, so concurrent calls never share
+    one; it goes back to the pool only when the call succeeded. The lock guards the idle list
+    only: inference itself runs outside it. The pool holds as many states as calls ever ran at once.
+    """
+
+    def __init__(self, create: Callable[[], Any]):
+        self._create = create
+        self._idle: list = []
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[Any]:
+        with self._lock:
+            state = self._idle.pop() if self._idle else None
+        if state is None:
+            state = self._create()
+        yield state  # an exception propagates and the state is dropped: its tensors and shapes are unknown
+        with self._lock:
+            self._idle.append(state)
+
+    def __len__(self) -> int:
+        return len(self._idle)
 
 
 class Graph(Protocol):
@@ -167,9 +221,11 @@ class OpenVinoGraph:
             accumulation in convolutions and matmuls; bf16 has fp32's exponent range, so no
             fp16-style overflow). Refused on a CPU without bf16 instructions rather than run at
             another precision than the one asked for.
-        threads: inference threads (None: OpenVINO's default, one per physical core).
+        threads: inference threads per call (None: OpenVINO's default, one per physical core).
 
-    One inference request per graph: do not run one graph from several threads at once.
+    Thread-safe: each concurrent `run` gets its own infer request (`RequestPool`). Repeatable:
+    snippets are off for bf16 (module docstring); kernels prepared per input shape are cached
+    up to `OPENVINO_SHAPE_CACHE` shapes.
     """
 
     def __init__(self, path: Path, spec: GraphSpec, precision: str = "f32", threads: int | None = None):
@@ -179,16 +235,16 @@ class OpenVinoGraph:
             raise RuntimeError(
                 "backend 'openvino-bf16' needs a CPU with AVX512-BF16 or AMX, which this one lacks; use 'openvino'"
             )
-        model = core.read_model(str(path))
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as err:
+            raise graph_load_error(path, "OpenVINO", err) from err
         graph_inputs = [port.get_any_name() for port in model.inputs]
         if graph_inputs != spec.input_names:
             raise ValueError(f"{path}: graph inputs {graph_inputs} do not match the manifest's {spec.input_names}")
-        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
         self.spec, self.precision = spec, precision
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.compiled = core.compile_model(model, "CPU", openvino_config(precision, threads))
+        self.requests = RequestPool(self.compiled.create_infer_request)
         self._tensor = ov.Tensor
 
     def keep(self, arrays: dict[str, np.ndarray]) -> dict:
@@ -206,8 +262,23 @@ class OpenVinoGraph:
         else:
             self.spec.check_feed(feed)
         feed = {name: np.asarray(array, order="C") for name, array in feed.items()}  # keeps 0-d arrays 0-d
-        self.request.infer({**feed, **(resident or {})})
-        return [self.request.get_tensor(name).data.copy() for name in self.spec.output_names]
+        with self.requests.take() as request:
+            request.infer({**feed, **(resident or {})})
+            return [request.get_tensor(name).data.copy() for name in self.spec.output_names]
+
+
+def openvino_config(precision: str, threads: int | None) -> dict:
+    """OpenVINO CPU compile properties: latency-oriented, repeatable, with a bounded shape cache."""
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "CPU_RUNTIME_CACHE_CAPACITY": OPENVINO_SHAPE_CACHE,
+    }
+    if precision == "bf16":
+        config["SNIPPETS_MODE"] = "DISABLE"  # bf16 snippets are not repeatable on several threads
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
 
 
 def select_plan(plans: list[dict], trt_version: str, capability: str, graph: str) -> dict:
@@ -262,8 +333,14 @@ class TensorRTGraph:
         if not path.is_file() or file_sha256(path) != plan["sha256"]:
             raise EngineDirError(f"{path} is missing or does not match its sha256 in manifest.json; rebuild it")
         self.spec = spec
-        self.runner = backend.TrtRunner(backend.engine_from_bytes(path.read_bytes()))
-        self.runner.activate()
+        engine = backend.engine_from_bytes(path.read_bytes())
+
+        def runner():  # one execution context per concurrent call: a context is not thread-safe
+            trt_runner = backend.TrtRunner(engine)
+            trt_runner.activate()
+            return trt_runner
+
+        self.runners = RequestPool(runner)
 
     def keep(self, arrays: dict[str, np.ndarray]) -> dict:
         cuda = importlib.import_module("polygraphy.cuda")
@@ -278,8 +355,9 @@ class TensorRTGraph:
     def run(self, feed: dict[str, np.ndarray], resident: dict | None = None) -> list[np.ndarray]:
         resident = resident or {}
         _check_split_feed(self.spec, feed, resident)
-        outputs = self.runner.infer({**feed, **resident}, check_inputs=False)
-        return [np.asarray(outputs[name]) for name in self.spec.output_names]
+        with self.runners.take() as runner:
+            outputs = runner.infer({**feed, **resident}, check_inputs=False)
+            return [np.array(outputs[name]) for name in self.spec.output_names]  # copies: the runner reuses its buffers
 
 
 def open_graph(
@@ -298,6 +376,7 @@ def open_graph(
         fp16: `onnxruntime-tensorrt` only: let TensorRT run layers in fp16.
     """
     backend = resolve_backend(backend, providers)
+    threads = check_threads(threads)
     entry = manifest.graph(name)
     if backend == "tensorrt":
         plans = manifest.tensorrt_plans.get(name, [])

@@ -146,12 +146,19 @@ def pixel_spec(
     leading: tuple[int, ...] = (),
     trailing: tuple[int, ...] = (),
     dtype: str = "uint8",
+    axes: tuple[str, str] = ("height", "width"),
 ) -> TensorSpec:
-    """An image-sized tensor (*leading, "height", "width", *trailing), sides within min_side..max_side."""
+    """An image-sized tensor (*leading, height, width, *trailing), sides within min_side..max_side.
+
+    Args:
+        axes: the names of the two dynamic axes. The exporter makes one symbol per name, so two
+            inputs sharing names are assumed to have the same size inside the graph; an input
+            that must be resized by its own shape needs names of its own.
+    """
     return TensorSpec(
         name,
         dtype,
-        (*leading, "height", "width", *trailing),
+        (*leading, *axes, *trailing),
         (*leading, min_side, min_side, *trailing),
         (*leading, opt_side, opt_side, *trailing),
         (*leading, max_side, max_side, *trailing),
@@ -204,8 +211,8 @@ def diffews_graph_specs(
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     bank_tolerance, mask_tolerance = PRECISIONS[precision]
 
-    def pixels(name: str, channels: tuple[int, ...], doc: str) -> TensorSpec:
-        return pixel_spec(name, doc, min_side, opt_side, max_side, trailing=channels)
+    def pixels(name: str, channels: tuple[int, ...], doc: str, axes=("height", "width")) -> TensorSpec:
+        return pixel_spec(name, doc, min_side, opt_side, max_side, trailing=channels, axes=axes)
 
     names = bank_names(layers)
     per_layer = layers + layers
@@ -225,7 +232,11 @@ def diffews_graph_specs(
         )
         for n, ly in zip(names, per_layer)
     )
-    mask_in = pixels("mask", (), "support mask, foreground > 0, same size as the image")
+    # Axes of its own: the graph resizes the mask by the mask's shape, whatever the image's is (the
+    # runtime and the manifest's rules still require both to be one size).
+    mask_in = pixels(
+        "mask", (), "support mask, foreground > 0, same size as the image", axes=("mask_height", "mask_width")
+    )
     threshold = TensorSpec(
         "threshold", "float32", (), (), (), (), "read-out threshold (relative or absolute, see manifest)"
     )
@@ -246,6 +257,49 @@ def diffews_graph_specs(
             "query image + S-shot bank -> query mask",
         ),
     }
+
+
+# The read-out threshold's range in both modes: it is compared with the decoded mask image scaled
+# to [0, 1] (relative: times its maximum), so 0 marks every non-black pixel and 1 marks nothing.
+THRESHOLD_RANGE = (0.0, 1.0)
+
+
+def diffews_rules(specs: dict[str, GraphSpec], max_shots: int) -> dict:
+    """The input rules a host must enforce, as written into `manifest.json` (`rules`; schema in the manifest module).
+
+    The graphs themselves check nothing: a feed that breaks a rule gives a wrong answer, not an error.
+    """
+    image = specs[SUPPORT_ENCODER].inputs[0]
+    return {
+        "sides": {"min": image.min_shape[0], "max": image.max_shape[0]},
+        "support_mask": {"same_size_as": "image", "foreground": "value > 0", "min_foreground_pixels": 1},
+        "shots": {"min": 1, "max": max_shots},
+        "threshold": {"min": THRESHOLD_RANGE[0], "max": THRESHOLD_RANGE[1], "max_exclusive": True},
+        "bank": {
+            "from": SUPPORT_ENCODER,
+            "to": QUERY_SEGMENTER,
+            "feeds": {name: name for name in specs[SUPPORT_ENCODER].output_names},
+            "shot_axis": 0,
+            "same_shots_in_every_tensor": True,
+            "finite": True,
+        },
+    }
+
+
+def check_threshold(value, rules: dict) -> float:
+    """A read-out threshold as a float, or ValueError naming the range (`rules`: the manifest's `rules.threshold`)."""
+    low, high = rules["min"], rules["max"]
+    closing = ")" if rules.get("max_exclusive", True) else "]"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"threshold must be a number in [{low}, {high}{closing}, got {value!r}")
+    value = float(value)
+    inside = low <= value < high if rules.get("max_exclusive", True) else low <= value <= high
+    if not inside:  # NaN fails both comparisons
+        raise ValueError(
+            f"threshold must be in [{low}, {high}{closing} (a fraction of the decoded mask's maximum or an "
+            f"absolute level, as the manifest's readout.mode says), got {value}"
+        )
+    return value
 
 
 # --------------------------------------------------------------------------- SLiMe

@@ -11,21 +11,48 @@ Numpy, pillow and onnxruntime (or openvino) only: no torch, no diffusers.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends import open_graph, resolve_backend
-from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, bank_names
-from runtime.images import ImageLike, check_pair, load_image, load_mask
-from runtime.manifest import Manifest
+from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, bank_names, check_threshold
+from runtime.files import replacing_file
+from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
+from runtime.manifest import EngineDirError, Manifest
 
 BANK_FORMAT = "diffews-support-bank"
 
 
+@dataclass(frozen=True)
+class SupportBank:
+    """An encoded support set, never changed once made (a new support set is a new `SupportBank`).
+
+    Attributes:
+        arrays: name -> (S, N_l, C_l) float32, read-only.
+        resident: the same tensors where the query graph reads them (`Graph.keep`).
+        shots: S.
+    """
+
+    arrays: dict[str, np.ndarray]
+    resident: dict
+    shots: int
+
+
 class FewShotSegmenter:
-    """A DiffewS engine directory on one backend (`runtime.backends`: ONNX Runtime CPU / CUDA / TensorRT, or TensorRT)."""
+    """A DiffewS engine directory on one backend (`runtime.backends`: ONNX Runtime CPU / CUDA / TensorRT, or TensorRT).
+
+    Thread-safe: one instance may serve many threads at once. `segment` calls run concurrently,
+    each returning its own query's mask; `set_support` / `load_support` build the new bank
+    completely, then swap it in with one assignment, so every `segment` uses either the old or the
+    new support set, never a mix. A call that raises leaves the instance as it was.
+    Deterministic: the same support set and query give the same mask on every call (every CPU
+    backend; `runtime.backends` says how for bf16).
+    """
 
     def __init__(
         self,
@@ -38,13 +65,16 @@ class FewShotSegmenter:
         if manifest.kind != "diffews":
             raise ValueError(f"{directory} holds {manifest.kind!r} graphs, not DiffewS; use the matching runtime class")
         self.directory, self.manifest = Path(directory), manifest
+        self.rules = manifest.rules
+        try:
+            self.threshold = check_threshold(manifest.readout["threshold"], self.rules["threshold"])
+        except ValueError as err:
+            raise EngineDirError(f"{directory}: the manifest's read-out {err}; rebuild the engines") from err
         self.backend = resolve_backend(backend, providers)  # what runs the graphs, `auto` resolved
         self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, self.backend, providers, threads)
         self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, self.backend, providers, threads)
         self.bank_names = bank_names(manifest.layers)
-        self.threshold = float(manifest.readout["threshold"])
-        self._bank: dict[str, np.ndarray] | None = None
-        self._resident: dict | None = None  # the bank where the query graph reads it (GPU memory on a GPU backend)
+        self._support: SupportBank | None = None  # replaced whole, never mutated: concurrent readers see one bank
 
     @classmethod
     def from_dir(
@@ -67,23 +97,38 @@ class FewShotSegmenter:
         return cls(Path(directory), Manifest.read(directory, verify=verify), providers, threads, backend)
 
     # ------------------------------------------------------------------ supports
+    def check_image(self, image: np.ndarray, what: str) -> None:
+        """Raises ValueError when `image`'s sides are outside the range these engines were built for."""
+        low, high = self.rules["sides"]["min"], self.rules["sides"]["max"]
+        height, width = image.shape[:2]
+        if not (low <= height <= high and low <= width <= high):
+            raise ValueError(
+                f"{what}: the image is {width}x{height}; these engines take sides from {low} to {high} pixels: "
+                "resize it, or rebuild the engines with --min-side / --max-side"
+            )
+
     def encode_shot(self, image: ImageLike, mask: ImageLike) -> dict[str, np.ndarray]:
         """One support shot -> its bank: name -> (1, N_l, C_l) float32."""
-        image, mask = load_image(image), load_mask(mask)
+        image, mask = load_image(image, "support image"), load_mask(mask, "support mask")
         check_pair(image, mask, "support")
+        self.check_image(image, "support")
         outputs = self.support_encoder.run({"image": image, "mask": mask})
         return dict(zip(self.bank_names, outputs))
 
-    def set_support(self, images: Sequence[ImageLike], masks: Sequence[ImageLike]) -> None:
-        """Encodes n support shots (image i with mask i) and caches their bank for every later query."""
-        if isinstance(images, (str, os.PathLike, np.ndarray)) or isinstance(masks, (str, os.PathLike, np.ndarray)):
-            images, masks = [images], [masks]
+    def set_support(self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike) -> None:
+        """Encodes n support shots (image i with mask i) and caches their bank for every later query.
+
+        Args:
+            images: a list of images (file paths, PIL images or (H, W, 3) uint8 arrays), or one image.
+            masks: one mask per image, in the same order (`runtime.images`: how masks are read).
+        """
+        images, masks = as_image_list(images, "support images"), as_image_list(masks, "support masks")
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
-        if not 1 <= len(images) <= self.manifest.max_shots:
+        low, high = self.rules["shots"]["min"], self.rules["shots"]["max"]
+        if not low <= len(images) <= high:
             raise ValueError(
-                f"{len(images)} support shots; these engines take 1 to {self.manifest.max_shots} "
-                "(rebuild with a larger --max-shots)"
+                f"{len(images)} support shots; these engines take {low} to {high} (rebuild with a larger --max-shots)"
             )
         shots = []
         for i, (image, mask) in enumerate(zip(images, masks)):
@@ -93,72 +138,120 @@ class FewShotSegmenter:
                 raise ValueError(f"support shot {i}: {err}") from err
         self._use_bank({name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names})
 
+    def check_bank(self, bank: dict[str, np.ndarray]) -> int:
+        """Raises ValueError unless `bank` is a complete, finite bank of one shot count for these engines; -> S."""
+        missing = [n for n in self.bank_names if n not in bank]
+        if missing:
+            raise ValueError(f"the bank lacks tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        specs = {t.name: t for t in self.query_segmenter.spec.inputs}
+        shots = {}
+        for name in self.bank_names:
+            array = bank[name]
+            if not isinstance(array, np.ndarray):
+                raise ValueError(f"bank tensor {name!r} is a {type(array).__name__}, not a numpy array")
+            specs[name].check(array, "support bank")
+            shots[name] = array.shape[0]
+        if len(set(shots.values())) > 1:
+            counts = sorted(set(shots.values()))
+            odd = next(n for n, s in shots.items() if s != shots[self.bank_names[0]])
+            raise ValueError(
+                f"the bank's tensors hold different numbers of shots ({counts}; {self.bank_names[0]} has "
+                f"{shots[self.bank_names[0]]}, {odd} {shots[odd]}): it is damaged; recompute it with set_support"
+            )
+        for name in self.bank_names:
+            if not np.isfinite(bank[name]).all():
+                raise ValueError(f"bank tensor {name!r} has NaN or infinite values: it is damaged; recompute it")
+        return shots[self.bank_names[0]]
+
     def _use_bank(self, bank: dict[str, np.ndarray]) -> None:
-        """Caches `bank` and uploads it once to where the query graph reads it."""
-        self._resident = self.query_segmenter.keep(bank)
-        self._bank = bank
+        """Checks `bank`, uploads it once to where the query graph reads it, then swaps it in."""
+        shots = self.check_bank(bank)
+        arrays = {}
+        for name in self.bank_names:
+            array = np.array(bank[name], order="C")  # our own copy: the caller's arrays stay the caller's
+            array.setflags(write=False)
+            arrays[name] = array
+        resident = self.query_segmenter.keep(arrays)
+        self._support = SupportBank(arrays, resident, shots)  # one assignment: readers see old or new
 
     @property
     def bank(self) -> dict[str, np.ndarray]:
-        """The cached support bank: name -> (S, N_l, C_l) float32 (what `save_support` writes)."""
-        return self._require_bank()
+        """The cached support bank: name -> (S, N_l, C_l) float32, read-only (what `save_support` writes)."""
+        return dict(self._require_support().arrays)
 
     @property
     def shots(self) -> int:
-        return 0 if self._bank is None else int(self._bank[self.bank_names[0]].shape[0])
+        support = self._support
+        return 0 if support is None else support.shots
 
     def save_support(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Writes the cached bank to a .npz, tagged with the model hash so only matching engines load it."""
-        bank = self._require_bank()
+        """Writes the cached bank to a .npz, tagged with the model hash so only matching engines load it.
+
+        The file is written beside `path` under a temporary name and renamed into place: a failed
+        write (disk full) leaves an existing file as it was. Raises `runtime.files.OutputError`
+        when `path` exists without `overwrite`, is a folder, or cannot be written.
+        """
+        support = self._require_support()
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:  # a file object keeps numpy from appending ".npz" to the name
-            np.savez(f, format=np.array(BANK_FORMAT), model_hash=np.array(self.manifest.model["hash"]), **bank)
+        with replacing_file(path, overwrite) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no ".npz"
+            np.savez(
+                f, format=np.array(BANK_FORMAT), model_hash=np.array(self.manifest.model["hash"]), **support.arrays
+            )
         return path
 
     def load_support(self, path: str | os.PathLike) -> None:
-        """Loads a bank written by `save_support` from the same model."""
+        """Loads a bank written by `save_support` from the same model (checked whole before it replaces the current one)."""
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such support bank file: {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one array (.npy), not the named tensors save_support writes")
+            with data:
                 contents = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a readable support bank (.npz): {err}") from err
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+            raise ValueError(
+                f"{path} is not a readable support bank (.npz written by save_support): {err or type(err).__name__}"
+            ) from err
         if str(contents.get("format", "")) != BANK_FORMAT:
-            raise ValueError(f"{path} is not a DiffewS support bank written by save_support")
+            raise ValueError(f"{path} is not a DiffewS support bank written by save_support (no format tag)")
+        if "model_hash" not in contents:
+            raise ValueError(f"{path} records no model_hash, so its model is unknown; recompute it with set_support")
         if str(contents["model_hash"]) != self.manifest.model["hash"]:
             raise ValueError(
                 f"{path} was computed by another model (hash {str(contents['model_hash'])[:12]}, these engines "
                 f"{self.manifest.model['hash'][:12]}); recompute it with set_support"
             )
-        missing = [n for n in self.bank_names if n not in contents]
-        if missing:
-            raise ValueError(f"{path} lacks bank tensors {missing[:3]}")
         try:
-            self._use_bank({n: contents[n] for n in self.bank_names})
+            self._use_bank({n: contents[n] for n in self.bank_names if n in contents})
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
 
-    def _require_bank(self) -> dict[str, np.ndarray]:
-        if self._bank is None:
+    def _require_support(self) -> SupportBank:
+        support = self._support
+        if support is None:
             raise RuntimeError("no support set: call set_support(images, masks) or load_support(path) first")
-        return self._bank
+        return support
 
     # ------------------------------------------------------------------ queries
     def segment(self, query: ImageLike, threshold: float | None = None) -> np.ndarray:
         """The query's mask, (H, W) uint8 in {0, 1} at the query's own size.
 
         Args:
-            threshold: overrides the manifest's read-out threshold (relative to the decoded
-                mask's maximum or absolute, as the manifest's `readout.mode` says).
+            threshold: overrides the manifest's read-out threshold; in [0, 1) (the manifest's
+                `rules.threshold`), relative to the decoded mask's maximum or absolute, as the
+                manifest's `readout.mode` says.
         """
-        self._require_bank()
-        cut = self.threshold if threshold is None else float(threshold)
-        feed = {"image": load_image(query), "threshold": np.array(cut, dtype=np.float32)}
-        return self.query_segmenter.run(feed, resident=self._resident)[0]
+        support = self._require_support()  # read once: a concurrent set_support cannot change it mid-call
+        cut = self.threshold if threshold is None else check_threshold(threshold, self.rules["threshold"])
+        image = load_image(query, "query")
+        self.check_image(image, "query")
+        feed = {"image": image, "threshold": np.array(cut, dtype=np.float32)}
+        return self.query_segmenter.run(feed, resident=support.resident)[0]
 
     def segment_batch(self, queries: Sequence[ImageLike], threshold: float | None = None) -> list[np.ndarray]:
         """Masks of several queries against the cached support set (each at its own size)."""
-        return [self.segment(q, threshold) for q in queries]
+        if isinstance(queries, SINGLE_IMAGE_TYPES):
+            raise ValueError("segment_batch takes a list of queries; for one image call segment(image)")
+        return [self.segment(q, threshold) for q in as_image_list(queries, "queries")]

@@ -1,7 +1,7 @@
 """`manifest.json` of an engine directory: everything a host needs to run the graphs, and nothing torch.
 
 {
-  "schema_version": 1, "kind": "diffews",
+  "schema_version": 2, "kind": "diffews",
   "model": {"source": ..., "hash": sha256 of the source model folder},
   "resolution": 128, "readout": {"mode": "relative", "threshold": 0.25},
   "max_shots": 5, "precision": "fp32",
@@ -10,8 +10,14 @@
              "query_segmenter": {...}},
   "parity": [worst row per graph output], "producer": {package versions},
   "tensorrt_plans": {"support_encoder": [{"file": "support_encoder.trt10.3.0.sm87.plan", "sha256": ...,
-                     "tensorrt": "10.3.0", "compute_capability": "8.7", "precision": "fp16", ...}], ...}
+                     "tensorrt": "10.3.0", "compute_capability": "8.7", "precision": "fp16", ...}], ...},
+  "rules": {"sides": {"min": 32, "max": 4096}, "support_mask": {...}, "shots": {"min": 1, "max": 5},
+            "threshold": {"min": 0.0, "max": 1.0, "max_exclusive": true}, "bank": {"from", "to", "feeds", ...}}
 }
+
+`rules` are the input rules a host enforces (`runtime.contract.diffews_rules`); the graphs check
+nothing. `manifest.schema.json` beside this module is the JSON Schema of the whole file: the
+runtime validates every manifest against it on load, and hosts in other languages can too.
 
 A SLiMe directory ("kind": "slime") has one `part_segmenter` graph, no read-out, shots or layers,
 and a `parts` entry instead: {"class_names": [...], "patching": {"output_size", "per_side",
@@ -20,6 +26,7 @@ and a `parts` entry instead: {"class_names": [...], "patching": {"output_size", 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,15 +34,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime.contract import FusedLayer, GraphSpec
+from runtime.files import write_text
 
-SCHEMA_VERSION = 1
+# 2: `rules`, and a support encoder that resizes the mask by the mask's own shape (1 took its width from the image).
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 READOUT_MODES = ("relative", "absolute")
 KINDS = ("diffews", "slime")
 
 
 class EngineDirError(ValueError):
     """An engine directory is missing, incomplete, modified or from an unknown toolkit version."""
+
+
+@functools.cache
+def _validator():
+    import jsonschema  # a runtime dependency; imported here so that `import runtime` stays cheap
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def schema_problem(data) -> str | None:
+    """The first way `data` breaks `manifest.schema.json` ("$.readout.threshold: ... is a required property"), or None."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is None:
+        return None
+    return f"{error.json_path}: {error.message}"
 
 
 def file_sha256(path: Path) -> str:
@@ -88,6 +116,7 @@ class Manifest:
     parts: dict = field(default_factory=dict)  # SLiMe
     parity: list[dict] = field(default_factory=list)
     producer: dict = field(default_factory=dict)
+    rules: dict = field(default_factory=dict)  # the input rules a host enforces (`runtime.contract.diffews_rules`)
     # graph -> TensorRT plans built for it (file, sha256, tensorrt, compute_capability, precision, refittable)
     tensorrt_plans: dict[str, list[dict]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -107,12 +136,16 @@ class Manifest:
             "parity": self.parity,
             "producer": self.producer,
             "tensorrt_plans": self.tensorrt_plans,
+            "rules": self.rules,
         }
 
     def write(self, directory: Path) -> Path:
-        path = Path(directory) / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_json(), indent=1))
-        return path
+        """Writes `directory/manifest.json` (through a temporary file), refusing one that breaks the schema."""
+        text = json.dumps(self.to_json(), indent=1)
+        problem = schema_problem(json.loads(text))  # as a reader will see it (tuples become lists)
+        if problem:
+            raise EngineDirError(f"refusing to write a manifest that breaks {SCHEMA_FILE.name}: {problem}")
+        return write_text(Path(directory) / MANIFEST_FILE, text)
 
     @classmethod
     def read(cls, directory: str | os.PathLike, verify: bool = True) -> Manifest:
@@ -126,17 +159,23 @@ class Manifest:
             )
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise EngineDirError(f"{path} is not valid JSON ({err}); rebuild the engines") from err
-        version = data.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        except OSError as err:
+            raise EngineDirError(f"{path} cannot be read ({err.strerror}); check its permissions") from err
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+            fix = "upgrade the toolkit" if version > SCHEMA_VERSION else "rebuild it with python -m export.build_engine"
             raise EngineDirError(
-                f"{path} has schema version {version!r}; this runtime reads up to {SCHEMA_VERSION}: upgrade the toolkit"
+                f"{path} has schema version {version}; this runtime reads version {SCHEMA_VERSION}: {fix}"
+            )
+        problem = schema_problem(data)
+        if problem:
+            raise EngineDirError(
+                f"{path} is not a valid engine manifest ({problem}; schema: {SCHEMA_FILE.name}); rebuild the engines"
             )
         try:
             kind = data["kind"]
-            if kind not in KINDS:
-                raise EngineDirError(f"{path}: kind {kind!r} is not one of {KINDS}; upgrade the toolkit")
             diffews = kind == "diffews"  # its fields are required there, absent elsewhere
             manifest = cls(
                 kind=kind,
@@ -151,12 +190,11 @@ class Manifest:
                 parity=data.get("parity", []),
                 producer=data.get("producer", {}),
                 tensorrt_plans=data.get("tensorrt_plans", {}),
+                rules=data["rules"],
                 schema_version=version,
             )
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:  # what the schema cannot express
             raise EngineDirError(f"{path} lacks or misformats {err}; rebuild the engines") from err
-        if kind == "diffews" and manifest.readout.get("mode") not in READOUT_MODES:
-            raise EngineDirError(f"{path}: read-out mode must be one of {READOUT_MODES}, got {manifest.readout}")
         for name, entry in manifest.graphs.items():
             for file_name, sha256 in entry.files.items():
                 file = directory / file_name

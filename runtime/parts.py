@@ -9,7 +9,11 @@
 The host cuts the patches (`runtime.patches`, the layout stored in the manifest unless
 overridden), runs `part_segmenter` on each crop, averages the overlapping score maps and takes
 the argmax. The CLI writes, per image, NAME_labels.png (the uint8 label map), NAME_parts.png
-(colourised) and NAME_overlay.png, and prints the class legend.
+(colourised) and NAME_overlay.png (each through a temporary file and a rename), and prints the
+class legend; errors are one line with an exit code per kind (`runtime.cli`).
+
+Thread-safe and deterministic as `FewShotSegmenter` is: one instance may label images from many
+threads at once, each call getting its own image's labels, the same image always the same labels.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from runtime.backends import BACKENDS, open_graph, resolve_backend
+from runtime.cli import reporting_errors
 from runtime.contract import PART_SEGMENTER
-from runtime.images import ImageLike, load_image
+from runtime.files import OutputError, check_output_folder
+from runtime.images import ImageLike, load_image, save_png
 from runtime.manifest import EngineDirError, Manifest
 from runtime.patches import Patching, labels_from_scores, patched_scores
 from segdata.visualize import colourize_labels
@@ -123,33 +128,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with reporting_errors():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     names = [p.stem for p in args.image]
     if len(set(names)) != len(names):
-        raise SystemExit("error: image file names must differ (outputs are named after them)")
+        raise ValueError("image file names must differ (outputs are named after them)")
     outputs = [args.out / f"{n}_{kind}.png" for n in names for kind in ("labels", "parts", "overlay")]
     existing = [p for p in outputs if p.exists()]
     if existing and not args.overwrite:
-        raise SystemExit(f"error: {existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
-    try:
-        segmenter = PartSegmenter.from_dir(
-            args.engines,
-            providers=args.providers,
-            threads=args.threads,
-            backend=args.backend,
-            per_side=args.patches_per_side,
-            patch_size=args.patch_size,
-        )
-        args.out.mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        for path, name in zip(tqdm(args.image, desc="images", unit="img"), names):
-            image = load_image(path)
-            labels = segmenter.segment(image)
-            Image.fromarray(labels).save(args.out / f"{name}_labels.png")
-            Image.fromarray(colourize_labels(labels)).save(args.out / f"{name}_parts.png")
-            Image.fromarray(segmenter.overlay(image, labels)).save(args.out / f"{name}_overlay.png")
-        seconds = time.time() - start
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise OutputError(f"{existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
+    check_output_folder(args.out)
+    segmenter = PartSegmenter.from_dir(
+        args.engines,
+        providers=args.providers,
+        threads=args.threads,
+        backend=args.backend,
+        per_side=args.patches_per_side,
+        patch_size=args.patch_size,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    for path, name in zip(tqdm(args.image, desc="images", unit="img"), names):
+        image = load_image(path, f"image {path}")
+        labels = segmenter.segment(image)
+        save_png(labels, args.out / f"{name}_labels.png", args.overwrite)
+        save_png(colourize_labels(labels), args.out / f"{name}_parts.png", args.overwrite)
+        save_png(segmenter.overlay(image, labels), args.out / f"{name}_overlay.png", args.overwrite)
+    seconds = time.time() - start
     legend = ", ".join(f"{k}={name}" for k, name in enumerate(segmenter.class_names))
     crops = len(segmenter.patching.origins())
     print(

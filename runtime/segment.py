@@ -6,7 +6,9 @@
 
 Writes, per query, NAME_mask.png (white on black) and NAME_overlay.png (the mask tinted over the
 image) into --out. --save-support / --load-support store or reuse the encoded support set (.npz),
-so a service can encode its supports once.
+so a service can encode its supports once. Every file is written through a temporary file and a
+rename, so an interrupted or failed run never leaves a damaged output. Errors are one line on
+stderr with an exit code per kind of problem (`runtime.cli`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from runtime.backends import BACKENDS
+from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
-from runtime.images import load_image, overlay
+from runtime.files import OutputError, check_output_folder, check_writable
+from runtime.images import load_image, overlay, save_png
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,35 +60,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with reporting_errors():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     names = [q.stem for q in args.query]
     if len(set(names)) != len(names):
-        raise SystemExit("error: query file names must differ (outputs are named after them)")
+        raise ValueError("query file names must differ (outputs are named after them)")
     outputs = [args.out / f"{n}_{kind}.png" for n in names for kind in ("mask", "overlay")]
     existing = [p for p in outputs if p.exists()]
     if existing and not args.overwrite:
-        raise SystemExit(f"error: {existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
-    try:
-        segmenter = FewShotSegmenter.from_dir(
-            args.engines, providers=args.providers, threads=args.threads, backend=args.backend
-        )
-        start = time.time()
-        if args.load_support is not None:
-            segmenter.load_support(args.load_support)
-        else:
-            segmenter.set_support(args.support, args.support_mask)
-        support_s = time.time() - start
-        if args.save_support is not None:
-            segmenter.save_support(args.save_support, overwrite=args.overwrite)
-        args.out.mkdir(parents=True, exist_ok=True)
-        start = time.time()
-        for query, name in zip(tqdm(args.query, desc="queries", unit="img"), names):
-            image = load_image(query)
-            mask = segmenter.segment(image, threshold=args.threshold)
-            Image.fromarray(mask * np.uint8(255)).save(args.out / f"{name}_mask.png")
-            Image.fromarray(overlay(image, mask)).save(args.out / f"{name}_overlay.png")
-        query_s = time.time() - start
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise OutputError(f"{existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
+    # Every output location is checked before the (slow) engines load and supports encode.
+    check_output_folder(args.out)
+    if args.save_support is not None:
+        check_writable(args.save_support, args.overwrite)
+    segmenter = FewShotSegmenter.from_dir(
+        args.engines, providers=args.providers, threads=args.threads, backend=args.backend
+    )
+    start = time.time()
+    if args.load_support is not None:
+        segmenter.load_support(args.load_support)
+    else:
+        segmenter.set_support(args.support, args.support_mask)
+    support_s = time.time() - start
+    if args.save_support is not None:
+        segmenter.save_support(args.save_support, overwrite=args.overwrite)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    for query, name in zip(tqdm(args.query, desc="queries", unit="img"), names):
+        image = load_image(query, f"query {query}")
+        mask = segmenter.segment(image, threshold=args.threshold)
+        save_png(mask * np.uint8(255), args.out / f"{name}_mask.png", args.overwrite)
+        save_png(overlay(image, mask), args.out / f"{name}_overlay.png", args.overwrite)
+    query_s = time.time() - start
     print(
         f"{segmenter.shots} support shot(s) in {support_s * 1000:.0f} ms; {len(args.query)} queries in "
         f"{query_s * 1000:.0f} ms ({query_s * 1000 / len(args.query):.0f} ms each) on {segmenter.backend}; "

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.contract import GraphSpec
+from runtime.manifest import EngineDirError
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -17,6 +18,15 @@ def _onnxruntime():
     except ImportError as err:  # the runtime's only hard inference dependency
         raise ImportError("the runtime needs onnxruntime: pip install 'diffseg-deploy[runtime]'") from err
     return onnxruntime
+
+
+def graph_load_error(path: Path, backend: str, err: Exception) -> EngineDirError:
+    """The error for a graph file a backend cannot load: damaged, or not what the manifest says."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return EngineDirError(
+        f"{path} cannot be loaded by {backend} ({first[:300]}): the file is damaged or not an ONNX graph; "
+        "rebuild the engines (opening with verify=True checks every file's sha256 first)"
+    )
 
 
 def available_providers() -> list[str]:
@@ -50,7 +60,10 @@ class GraphSession:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only
         self.spec = spec
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as err:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...), all unexported
+            raise graph_load_error(path, "ONNX Runtime", err) from err
         graph_inputs = [i.name for i in self.session.get_inputs()]
         if graph_inputs != spec.input_names:
             raise ValueError(f"{path}: graph inputs {graph_inputs} do not match the manifest's {spec.input_names}")

@@ -40,3 +40,13 @@ def built(tmp_path_factory):
         ["--model", str(folder), "--out", str(engines), "--max-shots", str(TINY_MAX_SHOTS), "--max-side", "512"]
     )
     return folder, engines
+
+
+@pytest.fixture(scope="session")
+def shipped_engines(tmp_path_factory):
+    """Engines of the shipped synth DiffewS model (128 px), up to 2 shots: real masks, not random-weight ones."""
+    from export import build_engine
+
+    engines = tmp_path_factory.mktemp("shipped") / "engines"
+    build_engine.main(["--out", str(engines), "--max-shots", "2", "--parity-episodes", "1", "--max-side", "512"])
+    return engines

@@ -13,7 +13,9 @@ from runtime.contract import (
     FusedLayer,
     GraphSpec,
     bank_names,
+    check_threshold,
     diffews_graph_specs,
+    diffews_rules,
 )
 from runtime.manifest import EngineDirError, GraphEntry, Manifest, file_sha256
 
@@ -83,6 +85,7 @@ def _manifest(tmp_path):
         precision="fp32",
         layers=LAYERS,
         graphs=graphs,
+        rules=diffews_rules(specs(), 3),
     )
 
 
@@ -109,6 +112,73 @@ def test_manifest_round_trip_and_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(EngineDirError, match="upgrade the toolkit"):
         Manifest.read(tmp_path)
+    data["schema_version"] = 1  # built before the rules, with the mask-width bug in its support encoder
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineDirError, match="rebuild it with python -m export.build_engine"):
+        Manifest.read(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(EngineDirError, match="not valid JSON"):
         Manifest.read(tmp_path)
+
+
+def _broken(data: dict, path: str, value=None, delete: bool = False) -> dict:
+    """A deep copy of `data` with the key at dotted `path` replaced (or deleted)."""
+    data = json.loads(json.dumps(data))
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "path, value, delete, named",
+    [
+        ("readout.threshold", None, True, r"\$.readout.*'threshold' is a required property"),
+        ("graphs", [], False, r"\$.graphs.*not of type 'object'"),
+        ("rules", None, True, "'rules' is a required property"),
+        ("rules.shots.max", "five", False, r"\$.rules.shots.max"),
+        ("max_shots", 0, False, r"\$.max_shots"),
+        ("graphs.support_encoder.file", "../../etc/passwd", False, r"\$.graphs.support_encoder.file"),
+        ("graphs.query_segmenter.sha256", "abc", False, r"\$.graphs.query_segmenter.sha256"),
+        ("layers", [], False, r"\$.layers"),
+    ],
+)
+def test_malformed_manifests_name_the_bad_key(tmp_path, path, value, delete, named):
+    manifest = _manifest(tmp_path)
+    manifest.write(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(_broken(manifest.to_json(), path, value, delete)))
+    with pytest.raises(EngineDirError, match=named):
+        Manifest.read(tmp_path)
+
+
+def test_a_manifest_that_is_no_object_is_refused(tmp_path):
+    for text in ("[1, 2]", '"manifest"', "null"):
+        (tmp_path / "manifest.json").write_text(text)
+        with pytest.raises(EngineDirError, match="not a valid engine manifest"):
+            Manifest.read(tmp_path)
+
+
+def test_the_rules_tell_a_host_what_to_check():
+    rules = diffews_rules(specs(), 3)
+    assert rules["sides"] == {"min": 32, "max": 256} and rules["shots"] == {"min": 1, "max": 3}
+    assert rules["bank"]["feeds"] == {n: n for n in bank_names(LAYERS)}
+    assert rules["support_mask"]["min_foreground_pixels"] == 1
+    # The support mask has axes of its own, so the exported graph resizes it by its own shape.
+    mask = specs()[SUPPORT_ENCODER].inputs[1]
+    assert mask.shape == ("mask_height", "mask_width")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 1.0, 1.5, "abc", "0.3", None, True])
+def test_thresholds_outside_the_range_are_refused(bad):
+    with pytest.raises(ValueError, match=r"threshold must be"):
+        check_threshold(bad, diffews_rules(specs(), 3)["threshold"])
+
+
+def test_thresholds_inside_the_range_are_floats():
+    rules = diffews_rules(specs(), 3)["threshold"]
+    assert check_threshold(0, rules) == 0.0 and check_threshold(np.float32(0.5), rules) == 0.5

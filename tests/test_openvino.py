@@ -93,14 +93,14 @@ def test_openvino_graphs_check_their_inputs(built, episodes):
     segmenter.set_support(ep.support_images[0], ep.support_masks[0].astype(np.uint8))
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         segmenter.segment(ep.query_image.astype(np.float32))
-    with pytest.raises(ValueError, match="outside the built range"):
+    with pytest.raises(ValueError, match="the image is 64x16; these engines take sides from 32 to 512"):
         segmenter.segment(np.zeros((16, 64, 3), np.uint8))
     with pytest.raises(ValueError, match=r"missing \[.threshold., .key_00."):
         segmenter.query_segmenter.run({"image": ep.query_image}, resident={})  # no bank, no threshold
     with pytest.raises(ValueError, match="no input named"):
         segmenter.query_segmenter.keep({"key_99": np.zeros((1, 4, 4), np.float32)})
     # The resident bank is a copy: changing the caller's array later does not change it.
-    key = segmenter._bank["key_00"].copy()
+    key = segmenter.bank["key_00"].copy()
     resident = segmenter.query_segmenter.keep({"key_00": key})
     key[:] = 0
-    np.testing.assert_array_equal(resident["key_00"].data, segmenter._bank["key_00"])
+    np.testing.assert_array_equal(resident["key_00"].data, segmenter.bank["key_00"])

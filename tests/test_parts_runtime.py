@@ -15,6 +15,7 @@ from modeling.presets import build_model
 from modeling.slime import SlimeModel
 from modeling.slime_embedding import SlimeEmbedding, load_slime, weights_hash
 from runtime import parts as parts_cli
+from runtime.cli import EXIT_OUTPUT
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import EngineDirError, Manifest
 from runtime.parts import PartSegmenter
@@ -97,7 +98,7 @@ def test_wrong_directories_and_bad_files_are_refused(slime_engines, built, tmp_p
     assert not (tmp_path / "e").exists()
 
 
-def test_parts_cli_writes_labels_and_overlays(slime_engines, tmp_path):
+def test_parts_cli_writes_labels_and_overlays(slime_engines, tmp_path, capsys):
     _, engines = slime_engines
     image_path = tmp_path / "thing.png"
     Image.fromarray(_images()[1]).save(image_path)
@@ -106,8 +107,9 @@ def test_parts_cli_writes_labels_and_overlays(slime_engines, tmp_path):
     labels = np.asarray(Image.open(out / "thing_labels.png"))
     assert labels.shape == (80, 120) and labels.max() < len(NAMES)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "thing_parts.png")), colourize_labels(labels))
-    with pytest.raises(SystemExit, match="--overwrite"):
+    with pytest.raises(SystemExit) as exit_info:
         parts_cli.main(["--engines", str(engines), "--image", str(image_path), "--out", str(out)])
+    assert exit_info.value.code == EXIT_OUTPUT and "pass --overwrite" in capsys.readouterr().err
     script = (  # the same CLI in a fresh interpreter imports no torch and no training code
         "import sys\n"
         "from runtime.parts import main\n"
@@ -139,3 +141,23 @@ def test_patch_layouts():
     assert calls == [(48, 48, 3)] * 4
     assert labels[0, 0] == 1 and labels[0, 63] == 0  # left column crops voted 1, right column 0
     assert labels[32, 32] == 0  # all four overlap: mean 0.5 ties with class 0, which wins the tie
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "auto"])
+def test_threads_sharing_a_part_segmenter_get_the_serial_labels(slime_engines, backend):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, engines = slime_engines
+    segmenter = PartSegmenter.from_dir(engines, backend=backend)
+    rng = np.random.default_rng(3)
+    images = [(rng.random((40 + 4 * i, 64 - 2 * i, 3)) * 255).astype(np.uint8) for i in range(12)]
+    serial = [segmenter.segment(im) for im in images]
+    assert len({segmenter.segment(images[0]).tobytes() for _ in range(10)}) == 1  # repeatable
+
+    def worker(offset: int) -> list[tuple[int, np.ndarray]]:
+        return [((offset + i) % 12, segmenter.segment(images[(offset + i) % 12])) for i in range(12)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [r for rows in pool.map(worker, range(8)) for r in rows]
+    for i, labels in results:
+        np.testing.assert_array_equal(labels, serial[i])

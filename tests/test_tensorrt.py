@@ -232,13 +232,13 @@ def test_resident_bank_through_io_binding_equals_plain_feeds(built, episodes):
     segmenter = FewShotSegmenter.from_dir(engines)
     ep = episodes[1]
     segmenter.set_support(ep.support_images, [m.astype(np.uint8) for m in ep.support_masks])
-    feed = {"image": ep.query_image, "threshold": np.array(0.25, np.float32), **segmenter._bank}
+    feed = {"image": ep.query_image, "threshold": np.array(0.25, np.float32), **segmenter.bank}
     plain = segmenter.query_segmenter.run(feed)[0]
     np.testing.assert_array_equal(segmenter.segment(ep.query_image, threshold=0.25), plain)
     with pytest.raises(ValueError, match=r"given twice \['key_00'\]"):
         segmenter.query_segmenter.run(
             {"image": ep.query_image, "threshold": feed["threshold"], "key_00": feed["key_00"]},
-            resident=segmenter._resident,
+            resident=segmenter._support.resident,
         )
 
 

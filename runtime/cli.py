@@ -1,0 +1,70 @@
+"""How the runtime's command-line tools report errors: one line naming the problem and the fix, a distinct exit code.
+
+    with reporting_errors():
+        ...  # the CLI's work; an expected error becomes `error: ...` on stderr and SystemExit(code)
+
+| exit code | meaning |
+| --- | --- |
+| 2 | bad command line (argparse) |
+| 3 | bad input: an image, mask, support bank, threshold or shot count (`ValueError`), or a missing input file |
+| 4 | the engine directory is missing, incomplete, modified or malformed (`EngineDirError`) |
+| 5 | an output cannot be written as asked: it exists (pass --overwrite), is a folder, or lies under a file |
+| 6 | the backend is not available here or failed (`RuntimeError`: missing package, no GPU, inference error) |
+| 7 | the operating system refused a read or write (`OSError`: disk full, permissions, read-only file system) |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import sys
+from collections.abc import Iterator
+
+from runtime.files import OutputError
+from runtime.manifest import EngineDirError
+
+EXIT_USAGE, EXIT_INPUT, EXIT_ENGINES, EXIT_OUTPUT, EXIT_BACKEND, EXIT_SYSTEM = 2, 3, 4, 5, 6, 7
+
+_SYSTEM_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere; nothing existing was overwritten",
+    errno.EFBIG: "the file size limit was reached; raise it (ulimit -f) or write elsewhere",
+    errno.EACCES: "check the permissions or choose another path",
+    errno.EPERM: "check the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.EDQUOT: "the disk quota is exhausted; free some space or write elsewhere",
+}
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def _system_message(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    reason = err.strerror or str(err) or type(err).__name__
+    hint = _SYSTEM_HINTS.get(err.errno, "")
+    return f"{where}{reason}" + (f"; {hint}" if hint else "")
+
+
+def fail(code: int, message: str) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def reporting_errors() -> Iterator[None]:
+    """Turns the runtime's expected errors into one line on stderr and a distinct exit code (module table)."""
+    try:
+        yield
+    except EngineDirError as err:  # a ValueError: before the generic input case
+        fail(EXIT_ENGINES, str(err))
+    except (OutputError, FileExistsError, IsADirectoryError, NotADirectoryError) as err:
+        fail(EXIT_OUTPUT, str(err) if isinstance(err, OutputError) else _system_message(err))
+    except FileNotFoundError as err:
+        fail(EXIT_INPUT, str(err) if not err.filename else f"no such file: {err.filename}")
+    except ValueError as err:
+        fail(EXIT_INPUT, str(err))
+    except OSError as err:
+        fail(EXIT_SYSTEM, _system_message(err))
+    except (RuntimeError, MemoryError) as err:
+        fail(EXIT_BACKEND, str(err) or type(err).__name__)
