@@ -25,6 +25,7 @@ from tqdm import tqdm
 from modeling.diffews_folder import load_diffews, model_hash, read_config
 from runtime.backends import BACKENDS
 from runtime.fewshot import FewShotSegmenter
+from runtime.files import write_text
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
@@ -121,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['torch_query_ms']:.1f} / {row['runtime_query_ms']:.1f} |"
         )
     if args.json:
-        args.json.write_text(
+        write_text(
+            args.json,
             json.dumps(
                 {"engines": str(args.engines), "backend": segmenter.backend, "model": str(folder), "rows": rows},
                 indent=1,
-            )
+            ),
         )
     return 0
 

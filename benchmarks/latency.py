@@ -47,6 +47,7 @@ from modeling.diffews_folder import load_diffews, model_hash
 from runtime.backends import BACKENDS, OPENVINO_PRECISIONS, cpu_has_bf16
 from runtime.contract import QUERY_SEGMENTER
 from runtime.fewshot import FewShotSegmenter
+from runtime.files import write_text
 from runtime.manifest import Manifest
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
@@ -507,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    outputs[0].write_text(json.dumps(result, indent=1))
-    outputs[1].write_text(markdown(result))
+    write_text(outputs[0], json.dumps(result, indent=1))
+    write_text(outputs[1], markdown(result))
     plot(result, outputs[2])
     print(markdown(result))
     return 0

@@ -30,6 +30,7 @@ from pathlib import Path
 from export.tensorrt_check import tensorrt_problems
 from runtime.backends import GpuUnavailable, gpu_compute_capability
 from runtime.contract import GraphSpec
+from runtime.files import write_text
 from runtime.manifest import Manifest, file_sha256
 
 SCRIPT_FILE = "build_tensorrt.sh"
@@ -130,9 +131,9 @@ def write_build_files(directory: Path, manifest: Manifest, precision: str, refit
     """Writes `build_tensorrt.sh`, its settings and the fp32-attention pass beside the graphs; returns the script."""
     problems = {name: tensorrt_problems(directory / entry.file) for name, entry in manifest.graphs.items()}
     shutil.copyfile(ATTENTION_PASS, directory / ATTENTION_PASS.name)
-    (directory / SETTINGS_FILE).write_text(json.dumps({"precision": precision, "refittable": refittable}))
+    write_text(directory / SETTINGS_FILE, json.dumps({"precision": precision, "refittable": refittable}))
     script = directory / SCRIPT_FILE
-    script.write_text(build_script(manifest, precision, refittable, problems))
+    write_text(script, build_script(manifest, precision, refittable, problems))
     script.chmod(0o755)
     return script
 

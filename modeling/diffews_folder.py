@@ -31,6 +31,7 @@ from modeling.mask_decoder import load_mask_decoder
 from modeling.mask_head import FOLDER as MASK_HEAD
 from modeling.mask_head import load_mask_head
 from modeling.presets import ModelFolderError
+from runtime.files import replacing_file, replacing_folder, write_text
 
 FORMAT = "diffews"
 FORMAT_VERSION = 1
@@ -57,14 +58,18 @@ def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dty
                 f"removed {stale}: it was distilled from the model this save replaces; "
                 "rerun python -m train.mask_decoder"
             )
-    (folder / "unet").mkdir(parents=True, exist_ok=True)
-    model.unet.save_config(folder / "unet")
+    # Each part is written under a temporary name and swapped in whole (`runtime.files`), diffews.json
+    # last: a failed save leaves every part either old or new, never truncated.
     state = {k: v.detach().to(dtype).contiguous() for k, v in unet_state_dict(model.unet).items()}
-    save_file(state, str(folder / UNET_WEIGHTS), metadata={"format": "pt"})
+    with replacing_folder(folder / "unet", overwrite=True) as unet:
+        model.unet.save_config(unet)
+        save_file(state, str(unet / Path(UNET_WEIGHTS).name), metadata={"format": "pt"})
     vae_dtype = model.vae.dtype
-    model.vae.to(dtype).save_pretrained(folder / "vae", safe_serialization=True)
+    with replacing_folder(folder / "vae", overwrite=True) as vae:
+        model.vae.to(dtype).save_pretrained(vae, safe_serialization=True)
     model.vae.to(vae_dtype)
-    save_file({"embedding": model.empty_embedding.detach().float().contiguous()}, str(folder / EMBEDDING_FILE))
+    with replacing_file(folder / EMBEDDING_FILE, overwrite=True) as tmp:
+        save_file({"embedding": model.empty_embedding.detach().float().contiguous()}, str(tmp))
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -74,7 +79,7 @@ def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dty
         "readout": {"relative": model.readout.relative, "absolute": model.readout.absolute},
         **info,
     }
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    write_text(folder / CONFIG_FILE, json.dumps(config, indent=1))
     return folder
 
 

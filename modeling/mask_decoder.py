@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from runtime.files import replacing_folder
+
 FOLDER = "mask_decoder"
 WEIGHTS = "model.safetensors"
 
@@ -71,10 +73,12 @@ class MaskDecoder(nn.Module):
 def save_mask_decoder(decoder: MaskDecoder, folder: Path, info: dict | None = None) -> Path:
     """Writes `folder/config.json` (architecture + `info`, e.g. how it was trained) and the weights."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"architecture": asdict(decoder.config), **(info or {})}, indent=1))
     state = {k: v.detach().float().contiguous() for k, v in decoder.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    with replacing_folder(folder, overwrite=True) as work:  # swapped in whole: never half old, half new
+        (work / "config.json").write_text(
+            json.dumps({"architecture": asdict(decoder.config), **(info or {})}, indent=1)
+        )
+        save_file(state, str(work / WEIGHTS), metadata={"format": "pt"})
     return folder
 
 

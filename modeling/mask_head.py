@@ -28,6 +28,8 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from runtime.files import replacing_folder
+
 FOLDER = "mask_head"
 WEIGHTS = "model.safetensors"
 
@@ -110,10 +112,10 @@ class HeadReadout(nn.Module):
 def save_mask_head(head: MaskHead, folder: Path, info: dict | None = None) -> Path:
     """Writes `folder/config.json` (architecture + `info`, e.g. how it was trained) and the head's weights."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"architecture": asdict(head.config), **(info or {})}, indent=1))
     state = {k: v.detach().float().contiguous() for k, v in head.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    with replacing_folder(folder, overwrite=True) as work:  # swapped in whole: never half old, half new
+        (work / "config.json").write_text(json.dumps({"architecture": asdict(head.config), **(info or {})}, indent=1))
+        save_file(state, str(work / WEIGHTS), metadata={"format": "pt"})
     return folder
 
 

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from modeling.slime import SlimeModel, SlimeSettings
 from modeling.slime_attention import SlimeLayers
+from runtime.files import replacing_file
 
 FORMAT = "slime-embedding/1"
 
@@ -68,9 +69,6 @@ class SlimeEmbedding:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {
             "format": FORMAT,
             "class_names": json.dumps(self.class_names),
@@ -82,7 +80,8 @@ class SlimeEmbedding:
             "info": json.dumps(self.info),
         }
         tensors = {"context": self.context.float().contiguous(), "uncond": self.uncond.float().contiguous()}
-        save_file(tensors, str(path), metadata=metadata)
+        with replacing_file(path, overwrite) as tmp:  # a failed write keeps an existing file intact
+            save_file(tensors, str(tmp), metadata=metadata)
         return path
 
     @classmethod

@@ -85,9 +85,6 @@ class RequestPool:
         with self._lock:
             self._idle.append(state)
 
-    def __len__(self) -> int:
-        return len(self._idle)
-
 
 class Graph(Protocol):
     """What the segmenters need of a graph, whatever runs it."""

@@ -104,3 +104,16 @@ def test_openvino_graphs_check_their_inputs(built, episodes):
     resident = segmenter.query_segmenter.keep({"key_00": key})
     key[:] = 0
     np.testing.assert_array_equal(resident["key_00"].data, segmenter.bank["key_00"])
+
+
+def test_memory_stays_bounded_over_many_query_sizes(built):
+    """OpenVINO caches kernels per input shape; bounded, the resident set stops growing once the cache is full.
+
+    Unbounded (OpenVINO's default of 5000 shapes) the same 800 sizes grew the process by about
+    280 MB over the second 400 (`python -m benchmarks.query_sizes --shape-cache 5000`); bounded, by 1.
+    """
+    from benchmarks.query_sizes import distinct_sizes, measure
+
+    _, engines = built
+    result = measure(engines, "openvino", distinct_sizes(800, 32, 200), threads=2)
+    assert result["growth_second_half_mb"] < 40, result["curve"]

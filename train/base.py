@@ -26,6 +26,7 @@ import torch
 
 from modeling import configs
 from modeling.tokenizer import build_word_tokenizer
+from runtime.files import replacing_folder, write_text
 from segdata.world import SyntheticWorld
 from train.base_ldm import LdmRecipe, train_ldm
 from train.base_vae import VaeRecipe, train_vae
@@ -38,7 +39,7 @@ def _timed_stage(run_dir: Path, name: str, fn):
     start = time.time()
     result = fn()
     timings[name] = round(timings.get(name, 0.0) + time.time() - start, 1)
-    path.write_text(json.dumps(timings, indent=1))
+    write_text(path, json.dumps(timings, indent=1))
     return result
 
 
@@ -58,7 +59,8 @@ def assemble(run_dir: Path, vae, text_encoder, tokenizer, unet) -> Path:
     )
     out = run_dir / "model"
     # fp16 halves the shipped size; loading with torch_dtype=float32 restores fp32 compute.
-    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    with replacing_folder(out, overwrite=True) as work:  # a failed save keeps the previous model whole
+        pipe.to(torch.float16).save_pretrained(work, safe_serialization=True)
     pipe.to(torch.float32)
     return out
 
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     world = SyntheticWorld(resolution=configs.SYNTH_RESOLUTION, seed=args.seed)
     vae_recipe = VaeRecipe(steps=args.vae_steps)
     ldm_recipe = LdmRecipe(steps=args.ldm_steps, pool_size=args.pool_size)
-    (run_dir / "recipe.json").write_text(
+    write_text(
+        run_dir / "recipe.json",
         json.dumps(
             {
                 "command": "python -m train.base " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ldm": asdict(ldm_recipe),
             },
             indent=1,
-        )
+        ),
     )
 
     vae = _timed_stage(run_dir, "vae", lambda: train_vae(world, run_dir, vae_recipe, args.seed))

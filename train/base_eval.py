@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw
 
 from modeling.imaging import decode, encode_mean, images_to_tensor, masks_to_tensor, tensor_to_images, tensor_to_masks
 from modeling.presets import load_model_folder
+from runtime.files import write_text
+from runtime.images import save_png
 from segdata.categories import CATEGORIES, COLOURS
 from segdata.world import SyntheticWorld
 
@@ -133,7 +135,7 @@ def sample_grid(model_dir: Path, world: SyntheticWorld, out_png: Path) -> dict:
         label = Image.new("RGB", (row.shape[1], 14), "white")
         ImageDraw.Draw(label).text((2, 1), f"{prompt}   (left: a real scene of it)", fill="black")
         rows.append(np.concatenate([np.asarray(label), row], axis=0))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out_png)
+    save_png(np.concatenate(rows, axis=0), out_png, overwrite=True)
     total = len(SAMPLE_CATEGORIES) * SAMPLES_PER_PROMPT
     return {"samples": total, "named_colour_hit_rate": round(hits / total, 3), "chance": round(1 / len(COLOURS), 3)}
 
@@ -170,8 +172,8 @@ def evaluate_and_write_card(run_dir: Path, model_dir: Path, world: SyntheticWorl
         "recipe": recipe,
         "parameters": _parameter_counts(components),
     }
-    (model_dir / "metrics.json").write_text(json.dumps(report, indent=1))
-    (model_dir / "README.md").write_text(model_card(report))
+    write_text(model_dir / "metrics.json", json.dumps(report, indent=1))
+    write_text(model_dir / "README.md", model_card(report))
     print(json.dumps(figures, indent=1))
     return report
 

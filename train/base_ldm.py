@@ -23,6 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from modeling import configs
 from modeling.imaging import images_to_tensor
 from modeling.tokenizer import MAX_LENGTH
+from runtime.files import replacing_folder
 from segdata.categories import NUM_CATEGORIES
 from segdata.world import SyntheticWorld
 from train.checkpoint import resume, save_checkpoint
@@ -141,5 +142,6 @@ def train_ldm(
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.steps:
             save_checkpoint(ckpt, step + 1, modules, optimizer)
     for name, module in modules.items():
-        module.eval().save_pretrained(run_dir / name)
+        with replacing_folder(run_dir / name, overwrite=True) as work:
+            module.eval().save_pretrained(work)
     return text_encoder, unet

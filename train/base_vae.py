@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from modeling import configs
 from modeling.imaging import images_to_tensor, masks_to_tensor
+from runtime.files import replacing_folder
 from segdata.world import SyntheticWorld
 from train.checkpoint import resume, save_checkpoint
 from train.loop import LossLog, cosine_lr, seed_step, set_lr
@@ -110,5 +111,6 @@ def train_vae(world: SyntheticWorld, run_dir: Path, recipe: VaeRecipe, seed: int
             save_checkpoint(ckpt, step + 1, {"vae": vae}, optimizer)
     vae.eval()
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, world))
-    vae.save_pretrained(final)
+    with replacing_folder(final, overwrite=True) as work:
+        vae.save_pretrained(work)
     return vae

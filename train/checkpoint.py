@@ -9,11 +9,12 @@ checkpoint behind.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from runtime.files import replacing_folder
 
 
 def save_checkpoint(
@@ -33,13 +34,9 @@ def save_checkpoint(
             else:
                 scalars.setdefault(str(index), {})[key] = value
     meta = {"step": step, "param_groups": optim_state["param_groups"], "optim_scalars": scalars, "extra": extra or {}}
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with replacing_folder(folder, overwrite=True) as work:  # the old checkpoint stays until the new one is whole
+        save_file(tensors, str(work / "state.safetensors"))
+        (work / "state.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_checkpoint(

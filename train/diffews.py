@@ -37,6 +37,7 @@ from modeling.diffews import EMPTY_PROMPT_TOKENS, DiffewsModel
 from modeling.diffews_folder import CONFIG_FILE, save_diffews
 from modeling.kv_fusion import ATTENTION_IMPLEMENTATIONS
 from modeling.presets import PRESETS, build_model
+from runtime.files import write_text
 from segdata.episodes import EpisodeSampler
 from segdata.world import SyntheticWorld
 from train.checkpoint import resume, save_checkpoint
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = round(time.time() - started, 1)
     timings_path = out / "logs" / "timings.json"
     previous = json.loads(timings_path.read_text()).get("train_s", 0.0) if timings_path.exists() else 0.0
-    timings_path.write_text(json.dumps({"train_s": round(previous + elapsed, 1)}))
+    write_text(timings_path, json.dumps({"train_s": round(previous + elapsed, 1)}))
     info = {
         "base": args.base,
         "base_path": args.base_path,

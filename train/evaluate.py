@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from runtime.files import write_text
 from segdata.episodes import Episode, EpisodeSampler, FewShotSource
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
@@ -252,13 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     print(fewshot_table(rows))
     result = {"fold": args.fold, "data": args.data, "split": args.split, "rows": rows}
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        write_text(args.json, json.dumps(result, indent=1))
     if args.card:
         from modeling.diffews_folder import read_config
 
         command = "python -m train.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
-        (args.model / "evaluation.json").write_text(json.dumps(result, indent=1))
-        (args.model / "README.md").write_text(model_card(read_config(args.model), rows, command))
+        write_text(args.model / "evaluation.json", json.dumps(result, indent=1))
+        write_text(args.model / "README.md", model_card(read_config(args.model), rows, command))
     return 0
 
 

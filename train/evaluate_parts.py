@@ -31,6 +31,7 @@ import torch
 
 from modeling.presets import build_model
 from modeling.slime import SlimeModel
+from runtime.files import write_text
 from runtime.patches import Patching
 from segdata.categories import CATEGORIES
 from segdata.part_metrics import average, mean_part_ious
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(evaluate_category(category, settings, args))
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {"command": command, "wall_time_s": round(time.time() - start, 1), "categories": results}
-    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+    write_text(args.out / "results.json", json.dumps(summary, indent=1))
     table = markdown(results, command)
-    (args.out / "results.md").write_text(table + "\n")
+    write_text(args.out / "results.md", table + "\n")
     print(table)
     return 0
 

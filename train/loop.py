@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from runtime.files import write_text
+
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.05) -> float:
     """Linear warm-up to `peak`, then cosine decay to `floor * peak` at `total`."""
@@ -54,4 +56,4 @@ class LossLog:
         if not self.path.exists():
             return
         lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < step]
-        self.path.write_text("".join(ln + "\n" for ln in lines))
+        write_text(self.path, "".join(ln + "\n" for ln in lines))

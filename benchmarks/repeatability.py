@@ -1,0 +1,150 @@
+"""What repeatability costs on OpenVINO: the query graph with its snippets on (as before) and off (the default now).
+
+    python -m benchmarks.repeatability --engines engines/synth --runs 20 [--precision bf16] \\
+        [--sizes 128x128 96x160 256x256] --out benchmarks/results/repeatability-synth
+
+For each query size, both compilations of `query_segmenter` (`runtime.backends.openvino_config`,
+with and without `SNIPPETS_MODE=DISABLE`) run the same feed `--runs` times, interleaved call by
+call so that machine noise hits both alike. Reported per size and setting: how many different
+masks the runs gave, and the median and worst milliseconds per query. Written: `repeatability.json`
+and `repeatability.md`, with the CPU's model name (bf16 and AMX behave differently across CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends import openvino_config
+from runtime.contract import QUERY_SEGMENTER
+from runtime.fewshot import FewShotSegmenter
+from runtime.files import write_text
+from runtime.manifest import Manifest
+
+SETTINGS = {"snippets on (before)": False, "snippets off (default)": True}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def episode(side: int, shots: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Held-out synthetic supports and a query at the model's side."""
+    from segdata.episodes import EpisodeSampler
+    from segdata.synthetic import SyntheticFewShot
+    from segdata.world import SyntheticWorld
+
+    source = SyntheticFewShot(SyntheticWorld(resolution=side, seed=0), fold=0, split="val", size=100)
+    ep = next(iter(EpisodeSampler(source, shots).fixed_episodes(1, seed=3)))
+    return ep.support_images, [m.astype(np.uint8) for m in ep.support_masks], ep.query_image
+
+
+def resized(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def measure(engines: Path, precision: str, sizes: list[tuple[int, int]], runs: int, threads: int | None) -> dict:
+    import openvino as ov
+
+    manifest = Manifest.read(engines)
+    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime", threads=threads)  # the bank, in fp32
+    images, masks, query = episode(manifest.resolution, 1)
+    segmenter.set_support(images, masks)
+    core = ov.Core()
+    compiled = {}
+    for name, snippets_off in SETTINGS.items():
+        config = {k: v for k, v in openvino_config(precision, threads).items() if k != "SNIPPETS_MODE"}
+        if snippets_off:
+            config["SNIPPETS_MODE"] = "DISABLE"
+        model = core.read_model(str(engines / manifest.graph(QUERY_SEGMENTER).file))
+        compiled[name] = core.compile_model(model, "CPU", config).create_infer_request()
+    rows = []
+    for height, width in sizes:
+        feed = {"image": resized(query, height, width), "threshold": np.array(0.25, np.float32), **segmenter.bank}
+        outputs = {name: set() for name in SETTINGS}
+        times = {name: [] for name in SETTINGS}
+        for request in compiled.values():  # warm up: the first run of a shape prepares its kernels
+            request.infer(feed)
+        for _ in range(runs):
+            for name, request in compiled.items():
+                start = time.perf_counter()
+                request.infer(feed)
+                times[name].append((time.perf_counter() - start) * 1000)
+                outputs[name].add(request.get_output_tensor(0).data.tobytes())
+        for name in SETTINGS:
+            rows.append(
+                {
+                    "size": f"{width}x{height}",
+                    "setting": name,
+                    "distinct_masks": len(outputs[name]),
+                    "median_ms": round(float(np.median(times[name])), 1),
+                    "max_ms": round(float(np.max(times[name])), 1),
+                }
+            )
+            print(rows[-1], flush=True)
+    return {
+        "engines": str(engines),
+        "resolution": manifest.resolution,
+        "precision": precision,
+        "threads": threads,
+        "runs": runs,
+        "cpu": cpu_name(),
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"OpenVINO {result['precision']} query graph of `{result['engines']}` ({result['resolution']} px model), "
+        f"{result['runs']} runs per size and setting, interleaved, threads {result['threads'] or 'default'}, "
+        f"CPU: {result['cpu']}.",
+        "",
+        "| query size | setting | distinct masks | median ms | worst ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['size']} | {r['setting']} | {r['distinct_masks']} | {r['median_ms']} | {r['max_ms']} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = (int(v) for v in text.lower().split("x"))
+    return height, width
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", type=Path, required=True)
+    parser.add_argument("--precision", choices=("bf16", "f32"), default="bf16")
+    parser.add_argument("--sizes", nargs="+", default=None, help="WIDTHxHEIGHT (default: the model side, 3:5, 2x)")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: OpenVINO's)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    side = Manifest.read(args.engines).resolution
+    sizes = [parse_size(s) for s in args.sizes] if args.sizes else [(side, side), (side * 5 // 4, side * 3 // 4)]
+    result = measure(args.engines, args.precision, sizes, args.runs, args.threads)
+    print(markdown(result))
+    if args.out is not None:
+        write_text(args.out / "repeatability.json", json.dumps(result, indent=1), overwrite=args.overwrite)
+        write_text(args.out / "repeatability.md", markdown(result), overwrite=args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
