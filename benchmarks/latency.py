@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.memory import PeakResident
 from modeling.diffews import RANDOM_SD21_HASH, DiffewsModel, random_sd21_diffews
 from modeling.diffews_folder import load_diffews, model_hash
-from runtime.backends import BACKENDS, OPENVINO_PRECISIONS, cpu_has_bf16
+from runtime.backends import BACKENDS, OPENVINO_PRECISIONS, cpu_has_bf16, openvino_config
 from runtime.contract import QUERY_SEGMENTER
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
@@ -225,9 +225,7 @@ def openvino_split(engines: Path, feed: dict, threads: int | None, precision: st
     import openvino as ov
 
     path = engines / Manifest.read(engines, verify=False).graph(QUERY_SEGMENTER).file
-    config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
+    config = {**openvino_config(precision, threads), "PERF_COUNT": True}  # compiled as the runtime compiles it
     compiled = ov.Core().compile_model(str(path), "CPU", config)
     origins = {
         op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str).split(",")
