@@ -47,7 +47,7 @@ from modeling.diffews_folder import load_diffews, model_hash
 from runtime.backends import BACKENDS, OPENVINO_PRECISIONS, cpu_has_bf16, openvino_config
 from runtime.contract import QUERY_SEGMENTER
 from runtime.fewshot import FewShotSegmenter
-from runtime.files import write_text
+from runtime.files import replacing_file, write_text
 from runtime.manifest import Manifest
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
@@ -425,7 +425,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"DiffewS latency per query, {Path(result['model']).name} at {result['resolution']} px")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing_file(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from export.tensorrt_check import tensorrt_problems
 from runtime.backends import GpuUnavailable, gpu_compute_capability
 from runtime.contract import GraphSpec
-from runtime.files import write_text
+from runtime.files import replacing_file, write_text
 from runtime.manifest import Manifest, file_sha256
 
 SCRIPT_FILE = "build_tensorrt.sh"
@@ -130,7 +130,8 @@ def _join(command: list[str]) -> str:
 def write_build_files(directory: Path, manifest: Manifest, precision: str, refittable: bool) -> Path:
     """Writes `build_tensorrt.sh`, its settings and the fp32-attention pass beside the graphs; returns the script."""
     problems = {name: tensorrt_problems(directory / entry.file) for name, entry in manifest.graphs.items()}
-    shutil.copyfile(ATTENTION_PASS, directory / ATTENTION_PASS.name)
+    with replacing_file(directory / ATTENTION_PASS.name, overwrite=True) as tmp:
+        shutil.copyfile(ATTENTION_PASS, tmp)
     write_text(directory / SETTINGS_FILE, json.dumps({"precision": precision, "refittable": refittable}))
     script = directory / SCRIPT_FILE
     write_text(script, build_script(manifest, precision, refittable, problems))

@@ -51,13 +51,6 @@ def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dty
         dtype: weight precision on disk (float16 halves the size; loading restores float32).
     """
     folder = Path(folder)
-    for stale in (folder / MASK_HEAD, folder / MASK_DECODER):
-        if stale.is_dir():  # distilled from the weights being replaced: it would no longer match them
-            shutil.rmtree(stale)
-            print(
-                f"removed {stale}: it was distilled from the model this save replaces; "
-                "rerun python -m train.mask_decoder"
-            )
     # Each part is written under a temporary name and swapped in whole (`runtime.files`), diffews.json
     # last: a failed save leaves every part either old or new, never truncated.
     state = {k: v.detach().to(dtype).contiguous() for k, v in unet_state_dict(model.unet).items()}
@@ -80,6 +73,14 @@ def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dty
         **info,
     }
     write_text(folder / CONFIG_FILE, json.dumps(config, indent=1))
+    # Only once the new model is whole: a failed save keeps the old model with its read-outs.
+    for stale in (folder / MASK_HEAD, folder / MASK_DECODER):
+        if stale.is_dir():  # distilled from the weights just replaced: it would no longer match them
+            shutil.rmtree(stale)
+            print(
+                f"removed {stale}: it was distilled from the model this save replaces; "
+                "rerun python -m train.mask_decoder"
+            )
     return folder
 
 

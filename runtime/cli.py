@@ -66,5 +66,5 @@ def reporting_errors() -> Iterator[None]:
         fail(EXIT_INPUT, str(err))
     except OSError as err:
         fail(EXIT_SYSTEM, _system_message(err))
-    except (RuntimeError, MemoryError) as err:
+    except (RuntimeError, MemoryError, ImportError) as err:  # ImportError: a backend's package is missing
         fail(EXIT_BACKEND, str(err) or type(err).__name__)

@@ -66,13 +66,16 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> TensorSpec:
+        def sizes(values) -> tuple:  # JSON's 1.0 is an integer to the schema: make it one here too
+            return tuple(v if isinstance(v, str) else int(v) for v in values)
+
         return cls(
             name=data["name"],
             dtype=data["dtype"],
-            shape=tuple(data["shape"]),
-            min_shape=tuple(data["min_shape"]),
-            opt_shape=tuple(data["opt_shape"]),
-            max_shape=tuple(data["max_shape"]),
+            shape=sizes(data["shape"]),
+            min_shape=sizes(data["min_shape"]),
+            opt_shape=sizes(data["opt_shape"]),
+            max_shape=sizes(data["max_shape"]),
             doc=data.get("doc", ""),
         )
 

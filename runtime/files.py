@@ -4,13 +4,15 @@ Every file the toolkit writes over an existing one goes through `replacing_file`
 content is written to a temporary file in the target's own directory (same file system, so the
 final `os.replace` is atomic), flushed to disk, and renamed over the target only once complete.
 A write that fails halfway (disk full, a killed process, an exception while serialising) leaves
-the old file untouched and no temporary file behind. Folders (engine directories, model folders,
-checkpoints) go through `replacing_folder`: assembled under a temporary name beside the target,
-then swapped in with two renames, the old folder removed only after the new one is in place.
+the old file untouched and no temporary file behind (a process killed outright can leave a
+`.NAME.*.tmp` file beside the target, never a damaged target). Folders (engine directories,
+model sub-folders, checkpoints) go through `replacing_folder`: assembled under a temporary name
+beside the target, then swapped in with two renames, the old folder removed only after the new
+one is in place. A replaced file keeps its permission bits; a new one gets the umask's.
 
-    with replacing_file(path, overwrite=True) as tmp:   # tmp: a Path in path's directory
-        np.savez(tmp, ...)
-    write_text(path, json.dumps(...))                   # the same for text
+    with replacing_file(path, overwrite=True) as tmp, open(tmp, "wb") as f:   # tmp: a Path beside path
+        np.savez(f, ...)                  # a file object: numpy would append ".npz" to a bare path
+    write_text(path, json.dumps(...))     # the same for text
 
 Torch-free: the runtime, export and training all use it.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +88,9 @@ def replacing_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp's 0600 would hide the result from other users
     try:
+        # mkstemp's 0600 would hide the result from other users; a replaced file keeps its own mode.
+        tmp.chmod(stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         yield tmp
         with open(tmp, "rb+") as f:  # the writer may have closed its handle: flush what it wrote to disk
             os.fsync(f.fileno())
@@ -129,8 +133,8 @@ def replacing_folder(path: str | os.PathLike, overwrite: bool = False, keep_fail
         work.mkdir()
     else:
         work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    work.chmod(0o777 & ~_umask())
     try:
+        work.chmod(0o777 & ~_umask())
         yield work
     except BaseException:
         if keep_failed:
@@ -148,6 +152,7 @@ def replacing_folder(path: str | os.PathLike, overwrite: bool = False, keep_fail
         if old is not None:  # put the old folder back: the target must never be left missing
             os.replace(old / path.name, path)
             shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         raise
     _fsync_directory(path.parent)
     if old is not None:

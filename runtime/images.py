@@ -123,8 +123,9 @@ def _with_alpha(colour: np.ndarray, alpha: np.ndarray, what: str) -> np.ndarray:
 
 
 def _array_mask(array: np.ndarray, what: str) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] == 4:
-        return _with_alpha(array[:, :, :3], array[:, :, 3], what)
+    if array.ndim == 3 and array.shape[2] == 4:  # each channel read by the dtype's rule, then compared
+        channels = [_array_mask(array[:, :, c], what) for c in range(4)]
+        return _with_alpha(np.stack(channels[:3], axis=2), channels[3], what)
     if array.ndim == 3 and array.shape[2] in (1, 3):
         return np.stack([_array_mask(array[:, :, c], what) for c in range(array.shape[2])], axis=2).any(axis=2)
     if array.ndim != 2:

@@ -63,10 +63,11 @@ class PartSegmenter:
         self.directory, self.manifest = Path(directory), manifest
         self.class_names: list[str] = list(manifest.parts["class_names"])
         layout = manifest.parts["patching"]
+        patch = patch_size if patch_size is not None else layout["patch_size"]
         self.patching = Patching(
             int(layout["output_size"]),
             int(per_side if per_side is not None else layout["per_side"]),
-            int(patch_size if patch_size is not None else layout["patch_size"]),
+            None if patch is None else int(patch),  # None: the whole output
         )
         self.patching.check()
         self.backend = resolve_backend(backend, providers)  # what runs the graph, `auto` resolved

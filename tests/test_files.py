@@ -40,9 +40,15 @@ def test_nothing_is_overwritten_unless_asked_and_bad_targets_are_named(tmp_path)
         pass
 
 
-def test_new_files_get_the_usual_permissions(tmp_path):
+def test_new_files_get_the_umask_s_permissions_and_replaced_ones_keep_theirs(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)  # read back: os.umask can only be read by setting it
     path = write_text(tmp_path / "a.txt", "x")
-    assert path.stat().st_mode & 0o777 == 0o666 & ~files._umask()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert files._umask() == umask
+    path.chmod(0o600)
+    write_text(path, "y")
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == "y"
 
 
 def test_a_failed_folder_build_keeps_the_old_folder(tmp_path):

@@ -79,6 +79,15 @@ def test_float_masks_need_finite_values_in_zero_one():
     np.testing.assert_array_equal(load_mask(Image.fromarray(soft, "F")), soft >= 0.5)
 
 
+def test_four_channel_arrays_follow_the_dtype_rules_per_channel():
+    inside = np.zeros((10, 10), bool)
+    inside[2:6, 2:6] = True
+    soft = np.dstack([np.where(inside, 0.8, 0.3)] * 3 + [np.where(inside, 1.0, 0.2)]).astype(np.float32)
+    np.testing.assert_array_equal(load_mask(soft), inside)  # 0.3 and 0.2 are background (< 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        load_mask(np.dstack([soft[:, :, :3], np.full((10, 10), np.nan, np.float32)]))
+
+
 def test_palette_masks_read_the_index(tmp_path):
     labels = np.zeros((20, 20), np.uint8)
     labels[2:8, 2:8] = 3
@@ -135,3 +144,5 @@ def test_any_mask_array_reads_as_a_binary_mask_or_gives_a_message(array):
         return
     assert mask.dtype == np.uint8 and mask.shape == array.shape[:2]
     assert set(np.unique(mask)) <= {0, 1}
+    if array.ndim == 2 and not np.issubdtype(array.dtype, np.floating):
+        np.testing.assert_array_equal(mask, array != 0)  # integer and bool masks: non-zero is foreground
