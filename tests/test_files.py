@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from runtime import files
 from runtime.fewshot import FewShotSegmenter
@@ -66,14 +67,20 @@ def test_a_failed_folder_build_keeps_the_old_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["engines"]
 
 
-def test_save_support_overwrite_that_fails_keeps_the_old_bank(built, tmp_path, monkeypatch):
-    _, engines = built
+def _one_shot_segmenter(engines):
+    """(segmenter with a one-shot support set, its 64 x 64 image, its mask) on ONNX Runtime."""
     rng = np.random.default_rng(0)
     image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
     mask = np.zeros((64, 64), np.uint8)
     mask[10:40, 20:50] = 1
     segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime")
     segmenter.set_support(image, mask)
+    return segmenter, image, mask
+
+
+def test_save_support_overwrite_that_fails_keeps_the_old_bank(built, tmp_path, monkeypatch):
+    _, engines = built
+    segmenter, image, mask = _one_shot_segmenter(engines)
     path = segmenter.save_support(tmp_path / "bank.npz")
     want = segmenter.segment(image)
     segmenter.set_support([image, image[::-1].copy()], [mask, mask[::-1].copy()])
@@ -96,15 +103,9 @@ def test_save_support_overwrite_that_fails_keeps_the_old_bank(built, tmp_path, m
 def test_cli_save_support_under_a_file_size_limit_keeps_the_old_bank(built, tmp_path):
     """A real failed write: RLIMIT_FSIZE makes the kernel refuse the new bank part way (EFBIG)."""
     _, engines = built
-    rng = np.random.default_rng(1)
-    image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-    mask = np.zeros((64, 64), np.uint8)
-    mask[5:30, 5:30] = 1
-    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime")
-    segmenter.set_support(image, mask)
+    segmenter, image, mask = _one_shot_segmenter(engines)
     bank = segmenter.save_support(tmp_path / "bank.npz")
     before = bank.read_bytes()
-    from PIL import Image
 
     for name, array in {
         "s0.png": image,
