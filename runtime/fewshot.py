@@ -70,17 +70,17 @@ class FewShotSegmenter:
             self.threshold = check_threshold(manifest.readout["threshold"], self.rules["threshold"])
         except ValueError as err:
             raise EngineDirError(f"{directory}: the manifest's read-out {err}; rebuild the engines") from err
+        self.bank_names = bank_names(manifest.layers)
+        support_out = manifest.graph(SUPPORT_ENCODER).spec.output_names
+        query_bank = manifest.graph(QUERY_SEGMENTER).spec.input_names[2:]
+        if support_out != self.bank_names or query_bank != self.bank_names:  # checked before the slow compile
+            raise EngineDirError(
+                f"{directory}: the manifest's {len(manifest.layers)} layers do not match its graphs' bank tensors "
+                f"(support encoder outputs {len(support_out)}, query bank inputs {len(query_bank)}); rebuild the engines"
+            )
         self.backend = resolve_backend(backend, providers)  # what runs the graphs, `auto` resolved
         self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, self.backend, providers, threads)
         self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, self.backend, providers, threads)
-        self.bank_names = bank_names(manifest.layers)
-        query_bank = self.query_segmenter.spec.input_names[2:]
-        if self.support_encoder.spec.output_names != self.bank_names or query_bank != self.bank_names:
-            raise EngineDirError(
-                f"{directory}: the manifest's {len(manifest.layers)} layers do not match its graphs' bank tensors "
-                f"(support encoder outputs {len(self.support_encoder.spec.output_names)}, query bank inputs "
-                f"{len(query_bank)}); rebuild the engines"
-            )
         self._support: SupportBank | None = None  # replaced whole, never mutated: concurrent readers see one bank
 
     @classmethod

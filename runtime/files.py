@@ -23,6 +23,7 @@ import contextlib
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,19 +139,20 @@ def replacing_folder(path: str | os.PathLike, overwrite: bool = False, keep_fail
         yield work
     except BaseException:
         if keep_failed:
-            print(f"failed; partial files left in {work} for inspection", flush=True)
+            print(f"failed; partial files left in {work} for inspection", file=sys.stderr, flush=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
         raise
     old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, old / path.name)
     try:
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
         os.replace(work, path)
     except BaseException:
         if old is not None:  # put the old folder back: the target must never be left missing
-            os.replace(old / path.name, path)
+            if (old / path.name).exists():
+                os.replace(old / path.name, path)
             shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
         raise

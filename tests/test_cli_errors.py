@@ -93,6 +93,7 @@ def test_cli_reports_bad_inputs_in_one_line(built, files, tmp_path):
         (lambda d: {**d, "readout": {"mode": d["readout"]["mode"]}}, "'threshold' is a required property"),
         (lambda d: {**d, "graphs": list(d["graphs"].values())}, "$.graphs"),
         (lambda d: [d], "not of type 'object'"),
+        (lambda d: {**d, "layers": d["layers"][:-1]}, "layers do not match its graphs' bank tensors"),
     ],
 )
 def test_cli_reports_malformed_manifests_in_one_line(built, files, tmp_path, edit, word):
