@@ -40,8 +40,6 @@ from runtime.files import write_text
 SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
-READOUT_MODES = ("relative", "absolute")
-KINDS = ("diffews", "slime")
 
 
 class EngineDirError(ValueError):
