@@ -19,8 +19,9 @@ import contextlib
 import errno
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-from runtime.files import OutputError
+from runtime.files import OutputError, check_output_folder
 from runtime.manifest import EngineDirError
 
 EXIT_USAGE, EXIT_INPUT, EXIT_ENGINES, EXIT_OUTPUT, EXIT_BACKEND, EXIT_SYSTEM = 2, 3, 4, 5, 6, 7
@@ -33,6 +34,22 @@ _SYSTEM_HINTS = {
     errno.EROFS: "the file system is read-only; choose another path",
     errno.EDQUOT: "the disk quota is exhausted; free some space or write elsewhere",
 }
+
+
+def check_outputs(folder: Path, stems: list[str], kinds: tuple[str, ...], overwrite: bool) -> list[Path]:
+    """`folder/STEM_KIND.png` for every input stem and output kind, checked before any work is done.
+
+    Raises ValueError when two inputs share a stem, OutputError when an output exists without
+    `overwrite` or `folder` cannot be written.
+    """
+    if len(set(stems)) != len(stems):
+        raise ValueError("input file names must differ (outputs are named after them)")
+    outputs = [folder / f"{stem}_{kind}.png" for stem in stems for kind in kinds]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
+    check_output_folder(folder)
+    return outputs
 
 
 def one_line(message: str) -> str:

@@ -174,9 +174,9 @@ class FewShotSegmenter:
         """Checks `bank`, uploads it once to where the query graph reads it, then swaps it in."""
         shots = self.check_bank(bank)
         arrays = {}
-        for name in self.bank_names:
-            array = np.array(bank[name], order="C")  # our own copy: the caller's arrays stay the caller's
-            array.setflags(write=False)
+        for name in self.bank_names:  # arrays this class made (concatenated shots, a loaded file): no copy needed
+            array = np.ascontiguousarray(bank[name])
+            array.setflags(write=False)  # `bank` hands them out: nobody may change a bank in use
             arrays[name] = array
         resident = self.query_segmenter.keep(arrays)
         self._support = SupportBank(arrays, resident, shots)  # one assignment: readers see old or new

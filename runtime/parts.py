@@ -28,9 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.backends import BACKENDS, open_graph, resolve_backend
-from runtime.cli import reporting_errors
+from runtime.cli import check_outputs, reporting_errors
 from runtime.contract import PART_SEGMENTER
-from runtime.files import OutputError, check_output_folder
 from runtime.images import ImageLike, load_image, save_png
 from runtime.manifest import EngineDirError, Manifest
 from runtime.patches import Patching, labels_from_scores, patched_scores
@@ -135,13 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     names = [p.stem for p in args.image]
-    if len(set(names)) != len(names):
-        raise ValueError("image file names must differ (outputs are named after them)")
-    outputs = [args.out / f"{n}_{kind}.png" for n in names for kind in ("labels", "parts", "overlay")]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not args.overwrite:
-        raise OutputError(f"{existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
-    check_output_folder(args.out)
+    check_outputs(args.out, names, ("labels", "parts", "overlay"), args.overwrite)
     segmenter = PartSegmenter.from_dir(
         args.engines,
         providers=args.providers,

@@ -22,9 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.backends import BACKENDS
-from runtime.cli import reporting_errors
+from runtime.cli import check_outputs, reporting_errors
 from runtime.fewshot import FewShotSegmenter
-from runtime.files import OutputError, check_output_folder, check_writable
+from runtime.files import check_writable
 from runtime.images import load_image, overlay, save_png
 
 
@@ -66,14 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     names = [q.stem for q in args.query]
-    if len(set(names)) != len(names):
-        raise ValueError("query file names must differ (outputs are named after them)")
-    outputs = [args.out / f"{n}_{kind}.png" for n in names for kind in ("mask", "overlay")]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not args.overwrite:
-        raise OutputError(f"{existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
     # Every output location is checked before the (slow) engines load and supports encode.
-    check_output_folder(args.out)
+    check_outputs(args.out, names, ("mask", "overlay"), args.overwrite)
     if args.save_support is not None:
         check_writable(args.save_support, args.overwrite)
     segmenter = FewShotSegmenter.from_dir(

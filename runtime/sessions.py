@@ -60,9 +60,10 @@ class GraphSession:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only
         self.spec = spec
+        state = ort.capi.onnxruntime_pybind11_state
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as err:  # onnxruntime's own error types (InvalidProtobuf, Fail, ...), all unexported
+        except (state.InvalidProtobuf, state.InvalidGraph, state.NoSuchFile) as err:  # the file, not the provider
             raise graph_load_error(path, "ONNX Runtime", err) from err
         graph_inputs = [i.name for i in self.session.get_inputs()]
         if graph_inputs != spec.input_names:
