@@ -1,1 +1,1 @@
-"""Latency and accuracy benchmarks. Filled by the benchmark issues."""
+"""Benchmarks: per-stage latency (`latency`, `stage_split`, `latency_report`), agreement with PyTorch, repeatability, query sizes, memory."""

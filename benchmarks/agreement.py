@@ -19,67 +19,40 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from modeling.diffews_folder import load_diffews, model_hash, read_config
+from modeling.diffews_folder import model_hash, read_config
+from modeling.predictor import TorchFewShotSegmenter
 from runtime.backends import BACKENDS
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
-from segdata.episodes import EpisodeSampler
-from segdata.synthetic import SyntheticFewShot
-from segdata.world import SyntheticWorld
-
-SIZE_FACTORS = ((1.0, 1.0), (1.5, 1.0), (1.0, 1.25), (0.75, 0.75))  # (width, height) x model resolution
+from segdata.metrics import mask_iou
+from segdata.samples import held_out_episodes
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
-    if array.shape[1::-1] == size:
-        return array
-    return np.asarray(Image.fromarray(array).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
-
-
-def agreement(model, segmenter: FewShotSegmenter, source, shots: int, episodes: int, seed: int) -> dict:
-    """Per-mask IoU between the runtime and the PyTorch pipeline over `episodes` episodes of `shots` shots."""
+def agreement(reference: TorchFewShotSegmenter, segmenter: FewShotSegmenter, episodes: list) -> dict:
+    """Per-mask IoU between the runtime and the PyTorch pipeline: the same calls on both, episode by episode."""
     ious = []
     seconds = dict.fromkeys(("torch_support", "torch_query", "runtime_support", "runtime_query"), 0.0)
-    sampler = EpisodeSampler(source, shots)
-    r = model.resolution
-    for i, ep in enumerate(tqdm(sampler.fixed_episodes(episodes, seed=seed), total=episodes, desc=f"{shots}-shot")):
-        fw, fh = SIZE_FACTORS[i % len(SIZE_FACTORS)]
-        size = (int(r * fw), int(r * fh))
-        supports = [_resize(im, size, False) for im in ep.support_images]
-        masks = [_resize(m.astype(np.uint8), size, True) for m in ep.support_masks]
-        query = _resize(ep.query_image, size, False)
-        start = time.perf_counter()
-        bank = model.bank_from_pixels(np.stack(supports)[None], np.stack(masks)[None])
-        middle = time.perf_counter()
-        want = model.segment(query[None], bank)[0]
-        end = time.perf_counter()
-        seconds["torch_support"] += middle - start
-        seconds["torch_query"] += end - middle
-        start = time.perf_counter()
-        segmenter.set_support(supports, masks)
-        middle = time.perf_counter()
-        got = segmenter.segment(query)
-        end = time.perf_counter()
-        seconds["runtime_support"] += middle - start
-        seconds["runtime_query"] += end - middle
-        ious.append(mask_iou(got, want))
+    shots = episodes[0].shots
+    for ep in tqdm(episodes, desc=f"{shots}-shot"):
+        masks = []
+        for side, predictor in (("torch", reference), ("runtime", segmenter)):
+            start = time.perf_counter()
+            predictor.set_support(ep.support_images, ep.support_masks)
+            middle = time.perf_counter()
+            masks.append(predictor.segment(ep.query_image))
+            seconds[f"{side}_support"] += middle - start
+            seconds[f"{side}_query"] += time.perf_counter() - middle
+        ious.append(mask_iou(*masks))
     ious = np.asarray(ious)
     return {
         "shots": shots,
-        "episodes": episodes,
+        "episodes": len(episodes),
         "mean_iou": float(ious.mean()),
         "min_iou": float(ious.min()),
         "fraction_at_least_0.99": float((ious >= 0.99).mean()),
-        **{f"{stage}_ms": 1000 * total / episodes for stage, total in seconds.items()},
+        **{f"{stage}_ms": 1000 * total / len(episodes) for stage, total in seconds.items()},
     }
 
 
@@ -105,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.model or Path(segmenter.manifest.model["source"])
     if model_hash(folder) != segmenter.manifest.model["hash"]:
         raise SystemExit(f"error: {folder} is not the model these engines were built from (hash differs)")
-    model = load_diffews(folder)
+    reference = TorchFewShotSegmenter.from_folder(folder)  # fp32, the VAE read-out: the method's own pipeline
     fold = int(read_config(folder).get("data", {}).get("fold", 0))
-    source = SyntheticFewShot(SyntheticWorld(resolution=model.resolution, seed=0), fold=fold, split="val", size=1000)
-    rows = [agreement(model, segmenter, source, s, args.episodes, args.seed) for s in args.shots]
+    r = reference.model.resolution
+    rows = []
+    for shots in args.shots:
+        # sizes cycle through square, wider, taller and smaller, so the in-graph resizing is exercised
+        episodes = held_out_episodes(r, shots, args.episodes, fold=fold, seed=args.seed, pool=1000, world_seed=0)
+        rows.append(agreement(reference, segmenter, episodes))
     print(f"{args.engines} on {segmenter.backend} against the PyTorch pipeline (fp32):")
     print(
         "| shots | episodes | mean IoU | min IoU | masks with IoU >= 0.99 | support ms: torch / runtime "

@@ -4,7 +4,7 @@
         [--shape-cache N] --out benchmarks/results/query-sizes
 
 A service sees queries of every size. OpenVINO's CPU plugin prepares kernels per input shape and
-caches them (`runtime.backends.OPENVINO_SHAPE_CACHE`); unbounded, that cache grew the process by
+caches them (`runtime.openvino_graph.OPENVINO_SHAPE_CACHE`); unbounded, that cache grew the process by
 about 0.7 MB per new size. This runs `--sizes` queries, each of a size not seen before (height and
 width drawn without repeats from the engines' side range), and records the resident set after
 every query. Written: `sizes.json` (the curve) and a line per checkpoint on stdout. The figure to
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.memory import _trim_heap, resident_bytes
-from runtime import backends
+from runtime import openvino_graph
 from runtime.backends import BACKENDS
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
@@ -82,19 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         "--shape-cache",
         type=int,
         default=None,
-        help=f"OpenVINO's per-shape kernel cache capacity (default {backends.OPENVINO_SHAPE_CACHE}; 5000 was "
+        help=f"OpenVINO's per-shape kernel cache capacity (default {openvino_graph.OPENVINO_SHAPE_CACHE}; 5000 was "
         "OpenVINO's own default, before the bound)",
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for sizes.json")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if args.shape_cache is not None:
-        backends.OPENVINO_SHAPE_CACHE = args.shape_cache
+        openvino_graph.OPENVINO_SHAPE_CACHE = args.shape_cache
     manifest = json.loads((args.engines / "manifest.json").read_text())
     low = args.min_side or manifest["rules"]["sides"]["min"]
     high = args.max_side or min(manifest["rules"]["sides"]["max"], 2 * manifest["resolution"])
     result = measure(args.engines, args.backend, distinct_sizes(args.sizes, low, high), args.threads)
-    result["shape_cache"] = backends.OPENVINO_SHAPE_CACHE
+    result["shape_cache"] = openvino_graph.OPENVINO_SHAPE_CACHE
     print(
         f"{result['backend']}: {result['sizes']} distinct sizes in {result['seconds']} s, resident set "
         f"+{result['growth_mb']} MB (+{result['growth_second_half_mb']} MB over the second half), "

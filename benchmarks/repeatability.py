@@ -3,7 +3,7 @@
     python -m benchmarks.repeatability --engines engines/synth --runs 20 [--precision bf16] \\
         [--sizes 128x128 96x160 256x256] --out benchmarks/results/repeatability-synth
 
-For each query size, both compilations of `query_segmenter` (`runtime.backends.openvino_config`,
+For each query size, both compilations of `query_segmenter` (`runtime.openvino_graph.openvino_config`,
 with and without `SNIPPETS_MODE=DISABLE`) run the same feed `--runs` times, interleaved call by
 call so that machine noise hits both alike. Reported per size and setting: how many different
 masks the runs gave, and the median and worst milliseconds per query. Written: `repeatability.json`
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import openvino_config
-from runtime.contract import QUERY_SEGMENTER
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from runtime.manifest import Manifest
+from runtime.openvino_graph import openvino_config
+from runtime.sections import QUERY_SEGMENTER
 
 SETTINGS = {"snippets on (before)": False, "snippets off (default)": True}
 

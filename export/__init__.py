@@ -1,1 +1,1 @@
-"""ONNX export and TensorRT engine building (PyTorch side). Filled by the build_engine issue."""
+"""PyTorch side of deployment: the export wrappers and their descriptors, ONNX export, engine directories (`build_engine`), TensorRT plans."""

@@ -10,6 +10,9 @@ VAE encode, mask read-out, resize back), so a host only moves uint8 pixels and b
 A shot's bank has a leading axis of 1; an n-shot bank is the concatenation of n single-shot
 banks along that axis, which the query graph flattens into the token axis (query tokens
 first, then shot after shot: the order `KVBank.concat` uses).
+
+`diffews_graph_specs` describes both graphs' inputs and outputs (`runtime.contract`) and
+`diffews_rules` the input rules a host enforces; both go into `manifest.json`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from torch import nn
 from export.resize import resize_antialiased
 from modeling.diffews import TIMESTEP, DiffewsModel
 from modeling.kv_fusion import KVBank
+from runtime.contract import GraphSpec, TensorSpec, Tolerance, pixel_spec
+from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, THRESHOLD_RANGE, FusedLayer, bank_names
 
 
 def _image_to_model(image: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -61,12 +66,12 @@ class QuerySegmenter(nn.Module):
     """A query image, the read-out threshold and an S-shot bank -> the query's uint8 mask at its own size.
 
     Args:
-        readout_decoder: what decodes the mask latent: "vae", "head" or "fast" (`DiffewsModel.decode_mask_images`).
+        readout: what decodes the mask latent, one of `runtime.sections.READOUTS` (`DiffewsModel.decode_mask_images`).
     """
 
-    def __init__(self, model: DiffewsModel, readout_decoder: str = "vae"):
+    def __init__(self, model: DiffewsModel, readout: str = "vae"):
         super().__init__()
-        self.model, self.readout_decoder = model, readout_decoder
+        self.model, self.readout = model, readout
 
     def forward(self, image: torch.Tensor, threshold: torch.Tensor, *bank: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -78,12 +83,110 @@ class QuerySegmenter(nn.Module):
         z_query = model.encode(_image_to_model(image, model.resolution))
         with model.fusion.reading(kv):
             output = model.unet(z_query, TIMESTEP, encoder_hidden_states=model.empty_embedding).sample
-        decoded = model.decode_mask_images(-output, self.readout_decoder)
+        decoded = model.decode_mask_images(-output, self.readout)
         x = (decoded.clamp(-1, 1) + 1) / 2  # [1, 3, R, R] in [0, 1]
-        if model.readout.relative is not None:
+        if model.threshold.relative is not None:
             cut = threshold * x.max()
         else:
             cut = threshold
         mask = (x.mean(dim=1, keepdim=True) > cut).float()  # [1, 1, R, R]
         mask = F.interpolate(mask, size=(image.shape[0], image.shape[1]), mode="nearest")
         return mask[0, 0].to(torch.uint8)
+
+
+# Parity tolerances per precision: (bank tensors, query mask). fp32 graphs must match PyTorch to
+# float rounding; fp16 ones to half-precision rounding accumulated over the UNet.
+PRECISIONS = {
+    "fp32": (Tolerance(max_rel_l2=1e-3), Tolerance(min_iou=0.99)),
+    "fp16": (Tolerance(max_rel_l2=2e-2), Tolerance(min_iou=0.95)),
+}
+
+
+def diffews_graph_specs(
+    layers: list[FusedLayer],
+    max_shots: int,
+    min_side: int = 32,
+    opt_side: int = 512,
+    max_side: int = 4096,
+    precision: str = "fp32",
+) -> dict[str, GraphSpec]:
+    """The `support_encoder` and `query_segmenter` descriptors of a DiffewS model.
+
+    Args:
+        layers: the fused layers in execution order.
+        max_shots: the largest S the query graph is built for.
+        min_side, opt_side, max_side: the range of image height and width (pixels) the graphs are built for.
+        precision: "fp32" or "fp16" (looser parity tolerances; the I/O types stay as listed).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    bank_tolerance, mask_tolerance = PRECISIONS[precision]
+
+    def pixels(name: str, channels: tuple[int, ...], doc: str, axes=("height", "width")) -> TensorSpec:
+        return pixel_spec(name, doc, min_side, opt_side, max_side, trailing=channels, axes=axes)
+
+    names = bank_names(layers)
+    per_layer = layers + layers
+    shot_bank = tuple(
+        TensorSpec(n, "float32", (1, ly.tokens, ly.channels), *(((1, ly.tokens, ly.channels),) * 3), f"{ly.name}")
+        for n, ly in zip(names, per_layer)
+    )
+    query_bank = tuple(
+        TensorSpec(
+            n,
+            "float32",
+            ("shots", ly.tokens, ly.channels),
+            (1, ly.tokens, ly.channels),
+            (1, ly.tokens, ly.channels),
+            (max_shots, ly.tokens, ly.channels),
+            f"{ly.name}: the shots' single-shot banks concatenated on axis 0",
+        )
+        for n, ly in zip(names, per_layer)
+    )
+    # Axes of its own: the graph resizes the mask by the mask's shape, whatever the image's is (the
+    # runtime and the manifest's rules still require both to be one size).
+    mask_in = pixels(
+        "mask", (), "support mask, foreground > 0, same size as the image", axes=("mask_height", "mask_width")
+    )
+    threshold = TensorSpec(
+        "threshold", "float32", (), (), (), (), "read-out threshold (relative or absolute, see manifest)"
+    )
+    mask_out = pixels("mask", (), "query mask in {0, 1} at the query's size")
+    return {
+        SUPPORT_ENCODER: GraphSpec(
+            SUPPORT_ENCODER,
+            (pixels("image", (3,), "support image, RGB, any size"), mask_in),
+            shot_bank,
+            bank_tolerance,
+            "one support shot -> its K/V bank",
+        ),
+        QUERY_SEGMENTER: GraphSpec(
+            QUERY_SEGMENTER,
+            (pixels("image", (3,), "query image, RGB, any size"), threshold, *query_bank),
+            (mask_out,),
+            mask_tolerance,
+            "query image + S-shot bank -> query mask",
+        ),
+    }
+
+
+def diffews_rules(specs: dict[str, GraphSpec], max_shots: int) -> dict:
+    """The input rules a host must enforce, as written into `manifest.json` (`rules`; schema in the manifest module).
+
+    The graphs themselves check nothing: a feed that breaks a rule gives a wrong answer, not an error.
+    """
+    image = specs[SUPPORT_ENCODER].inputs[0]
+    return {
+        "sides": {"min": image.min_shape[0], "max": image.max_shape[0]},
+        "support_mask": {"same_size_as": "image", "foreground": "value > 0", "min_foreground_pixels": 1},
+        "shots": {"min": 1, "max": max_shots},
+        "threshold": {"min": THRESHOLD_RANGE[0], "max": THRESHOLD_RANGE[1], "max_exclusive": True},
+        "bank": {
+            "from": SUPPORT_ENCODER,
+            "to": QUERY_SEGMENTER,
+            "feeds": {name: name for name in specs[SUPPORT_ENCODER].output_names},
+            "shot_axis": 0,
+            "same_shots_in_every_tensor": True,
+            "finite": True,
+        },
+    }

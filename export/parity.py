@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from runtime.contract import GraphSpec
+from segdata.metrics import mask_iou
 
 
 class ParityError(RuntimeError):
@@ -29,12 +30,6 @@ class ParityRow:
         return asdict(self)
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def compare_outputs(spec: GraphSpec, sample: str, got: list[np.ndarray], want: list[np.ndarray]) -> list[ParityRow]:
     """Rows comparing the graph's outputs `got` to PyTorch's `want`, output by output."""
     rows = []
@@ -43,7 +38,7 @@ def compare_outputs(spec: GraphSpec, sample: str, got: list[np.ndarray], want: l
         if g.shape != w.shape:
             rows.append(ParityRow(spec.name, sample, out.name, "shape", float("nan"), float("nan"), False))
         elif out.dtype == "uint8":
-            iou = _mask_iou(g, w)
+            iou = mask_iou(g, w)
             rows.append(ParityRow(spec.name, sample, out.name, "iou", iou, tol.min_iou, iou >= tol.min_iou))
         else:
             ref = w.astype(np.float64)

@@ -1,96 +1,112 @@
-"""`python -m export.build_engine --slime EMB.safetensors --out DIR`: a SLiMe engine directory.
+"""A SLiMe engine directory from an embedding file: one `part_segmenter` graph, parity-checked.
 
-One `part_segmenter` graph per embedding file (`export.slime_graph`), parity-checked against
-PyTorch on synthetic part scenes at three crop sizes, with a manifest of kind "slime" that holds
-the class names, the default patch layout and the test-time settings baked into the graph.
-The directory is assembled under a temporary name beside DIR and swapped in at the end, as for DiffewS.
+    from export.slime_build import build_slime
+    build_slime("engines/car-parts", embedding="car.safetensors", patches_per_side=2, patch_size=400)
+
+One graph per embedding file (`export.slime_graph`), compared with PyTorch on synthetic part
+scenes at three crop sizes, with a manifest of kind "slime" holding the class names, the default
+patch layout and the test-time settings baked into the graph. The directory is assembled and
+swapped in as for DiffewS (`export.engine_dir`). `python -m export.build_engine --slime` is the
+command line over this function.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from export.build_engine import assembling, check_out, export_graph, graph_entry, log_step, producer_versions
-from export.parity import check_parity, compare_outputs, parity_table, summarise
-from export.slime_graph import PartSegmenterGraph
+from export.engine_dir import (
+    BuildLog,
+    check_engine_output,
+    engine_directory,
+    export_graph_file,
+    graph_entry,
+    producer_versions,
+    write_parity,
+)
+from export.parity import compare_outputs, summarise
+from export.slime_graph import PartSegmenterGraph, slime_graph_spec, slime_rules
 from modeling.slime_embedding import load_slime
-from runtime.contract import PART_SEGMENTER, slime_graph_spec
 from runtime.manifest import Manifest, file_sha256
 from runtime.patches import Patching
-from runtime.sessions import GraphSession
+from runtime.sections import PART_SEGMENTER, PartsSection
+from runtime.sessions import OnnxRuntimeGraph
+from segdata.samples import held_out_part_scenes
+
+MAX_PARITY_IMAGES = 3  # the model size, a smaller crop, a wider one
 
 
-def sample_crops(resolution: int, count: int = 3, seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """Synthetic part scenes at the model size, a smaller patch and a wider crop (parity inputs)."""
-    from segdata.synthetic import SyntheticParts
-    from segdata.world import SyntheticWorld
+def build_slime(
+    out: str | os.PathLike,
+    *,
+    embedding: str | os.PathLike,
+    base_path: str | os.PathLike | None = None,
+    patches_per_side: int = 1,
+    patch_size: int | None = None,
+    min_side: int = 32,
+    max_side: int = 4096,
+    precision: str = "fp32",
+    optimize: bool = False,
+    threads: int | None = None,
+    parity_images: int = MAX_PARITY_IMAGES,
+    tensorrt: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Builds the engine directory `out` from a SLiMe embedding file (`python -m train.slime`); returns its path.
 
-    parts = SyntheticParts(SyntheticWorld(resolution=resolution, seed=seed), category=0, split="val", size=count)
-    sizes = [(resolution, resolution), (resolution * 3 // 4, resolution * 3 // 4), (resolution * 5 // 4, resolution)]
-    samples = []
-    for i, (width, height) in enumerate(sizes[:count]):
-        image = parts[i][0]
-        if image.shape[:2] != (height, width):
-            image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-        samples.append((f"{width}x{height}", image))
-    return samples
-
-
-def build_slime(args: argparse.Namespace) -> Path:
-    start = time.time()
-    out: Path = args.out
-    check_out(out, args.overwrite)
-    model, embedding = load_slime(args.slime, base_path=args.base_path)
-    patching = Patching(model.resolution, args.patches_per_side, args.patch_size)
+    Args:
+        base_path: local weights folder of the embedding's base model (sd21-base), where it is not embedded.
+        patches_per_side, patch_size: the default patch layout (`runtime.patches`; None: the whole image).
+        min_side, max_side: the range of crop sides the graph accepts.
+        precision, optimize, threads, tensorrt, overwrite: as for `export.diffews_build.build_diffews`.
+        parity_images: synthetic part scenes (1 to 3) the parity check runs on.
+    Raises:
+        ValueError (`EmbeddingFileError` for an unreadable embedding), `ParityError`, `runtime.files.OutputError`.
+    """
+    if not 8 <= min_side <= max_side:
+        raise ValueError(f"need 8 <= min_side <= max_side, got {min_side} and {max_side}")
+    if not 1 <= parity_images <= MAX_PARITY_IMAGES:
+        raise ValueError(f"parity_images must be 1 to {MAX_PARITY_IMAGES}, got {parity_images}")
+    if tensorrt and optimize:
+        raise ValueError("optimizing writes ONNX Runtime-only operators that TensorRT cannot parse; drop one of them")
+    log = BuildLog()
+    out, embedding = Path(out), Path(embedding)
+    check_engine_output(out, overwrite)
+    model, saved = load_slime(embedding, base_path=base_path)
+    patching = Patching(model.resolution, patches_per_side, patch_size)
     patching.check()
-    log_step(
-        f"loaded {args.slime}: {model.num_classes} classes on base {embedding.base!r} at {model.resolution} px", start
-    )
-    spec = slime_graph_spec(model.num_classes, args.min_side, model.resolution, args.max_side, args.precision)
-    samples = sample_crops(model.resolution, args.parity_episodes)
+    log(f"loaded {embedding}: {model.num_classes} classes on base {saved.base!r} at {model.resolution} px")
+    spec = slime_graph_spec(model.num_classes, min_side, model.resolution, max_side, precision)
+    samples = held_out_part_scenes(model.resolution, parity_images)
     graph = PartSegmenterGraph(model).eval()
-    with assembling(out) as work:
-        path = export_graph(graph, spec, {"image": torch.from_numpy(samples[0][1].copy())}, work, args, start)
-        log_step("parity against PyTorch ...", start)
-        session = GraphSession(path, spec, threads=args.threads)
+    with engine_directory(out, overwrite) as work:
+        sample = {"image": torch.from_numpy(samples[0][1].copy())}
+        path = export_graph_file(graph, spec, sample, work, log, precision, optimize, tensorrt)
+        log("parity against PyTorch ...")
+        session = OnnxRuntimeGraph(path, spec, threads=threads)
         rows = []
         for name, image in samples:
             with torch.no_grad():
                 want = graph(torch.from_numpy(image.copy())).numpy()
             rows += compare_outputs(spec, name, session.run({"image": image}), [want])
-        table = parity_table(rows)
-        print(table)
-        (work / "parity.md").write_text(table + "\n")
-        check_parity(rows)
+        write_parity(work, rows)
         Manifest(
             kind="slime",
             model={
-                "source": str(args.slime),
-                "hash": file_sha256(args.slime),
-                "base": embedding.base,
-                "base_hash": embedding.base_hash,
+                "source": str(embedding),
+                "hash": file_sha256(embedding),
+                "base": saved.base,
+                "base_hash": saved.base_hash,
             },
             resolution=model.resolution,
-            precision=args.precision,
+            precision=precision,
             graphs={PART_SEGMENTER: graph_entry(path, spec)},
-            parts={
-                "class_names": embedding.class_names,
-                "patching": {
-                    "output_size": patching.output_size,
-                    "per_side": patching.per_side,
-                    "patch_size": patching.side,
-                },
-                "settings": embedding.settings.to_json(),
-            },  # fmt: skip
+            parts=PartsSection(tuple(saved.class_names), patching, saved.settings.to_json()),
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
-            rules={"sides": {"min": args.min_side, "max": args.max_side}},
+            rules=slime_rules(spec),
         ).write(work)
-    log_step(f"engine directory ready: {out}", start)
+    log(f"engine directory ready: {out}")
     return out

@@ -18,6 +18,10 @@ from torch import nn
 
 from export.resize import resize_antialiased
 from modeling.slime import SlimeModel
+from runtime.contract import GraphSpec, Tolerance, pixel_spec
+from runtime.sections import PART_SEGMENTER
+
+PART_PRECISIONS = {"fp32": Tolerance(max_rel_l2=1e-3), "fp16": Tolerance(max_rel_l2=5e-2)}
 
 
 class PartSegmenterGraph(nn.Module):
@@ -30,3 +34,26 @@ class PartSegmenterGraph(nn.Module):
         x = image.float().permute(2, 0, 1)[None] / 127.5 - 1.0  # [1, 3, h, w]
         x = resize_antialiased(x, (model.resolution, model.resolution))
         return model.score_maps(x, (image.shape[0], image.shape[1]))[0]  # [K, h, w]
+
+
+def slime_graph_spec(
+    num_classes: int, min_side: int = 32, opt_side: int = 512, max_side: int = 4096, precision: str = "fp32"
+) -> GraphSpec:
+    """The `part_segmenter` descriptor: an RGB crop (h, w, 3) uint8 -> K score maps (K, h, w) float32."""
+    if precision not in PART_PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PART_PRECISIONS)}, got {precision!r}")
+    sides = (min_side, opt_side, max_side)
+    return GraphSpec(
+        PART_SEGMENTER,
+        (pixel_spec("image", "an RGB crop, any size (resized to the model resolution inside)", *sides, trailing=(3,)),),
+        (pixel_spec("scores", "per-class scores at the crop's size; argmax = label", *sides, leading=(num_classes,),
+                    dtype="float32"),),
+        PART_PRECISIONS[precision],
+        "one crop -> its K part score maps (SLiMe)",
+    )  # fmt: skip
+
+
+def slime_rules(spec: GraphSpec) -> dict:
+    """The input rules a host enforces on a part segmenter (`manifest.json`'s `rules`): the crop sides."""
+    image = spec.inputs[0]
+    return {"sides": {"min": image.min_shape[0], "max": image.max_shape[0]}}

@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 from export.tensorrt_check import tensorrt_problems
-from runtime.backends import GpuUnavailable, gpu_compute_capability
 from runtime.contract import GraphSpec
 from runtime.files import replacing_file, write_text
 from runtime.manifest import Manifest, file_sha256
+from runtime.tensorrt_graph import GpuUnavailable, gpu_compute_capability
 
 SCRIPT_FILE = "build_tensorrt.sh"
 SETTINGS_FILE = "build_tensorrt.json"  # the script's precision and refittability, read by --register
@@ -44,11 +44,6 @@ class TensorRTUnavailable(RuntimeError):
     """tensorrt, Polygraphy or a CUDA GPU is missing on this machine."""
 
 
-def profile_shapes(spec: GraphSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """(min, opt, max) shape of every input with a dynamic axis: the graph's optimisation profile."""
-    return {t.name: (t.min_shape, t.opt_shape, t.max_shape) for t in spec.inputs if t.dynamic_axes}
-
-
 def plan_file(graph: str, trt_version: str, compute_capability: str) -> str:
     """`support_encoder.trt10.3.0.sm87.plan`: a plan runs only with the TensorRT version and GPU that built it."""
     return f"{graph}.trt{trt_version}.sm{compute_capability.replace('.', '')}.plan"
@@ -56,7 +51,7 @@ def plan_file(graph: str, trt_version: str, compute_capability: str) -> str:
 
 def _shape_arguments(spec: GraphSpec, style: str) -> list[str]:
     """Profile flags: polygraphy `--trt-min-shapes image:[32,32,3] ...`, trtexec `--minShapes=image:32x32x3,...`."""
-    profile = profile_shapes(spec)
+    profile = spec.profile()
     args = []
     for index, (poly, trtexec) in enumerate(
         [("--trt-min-shapes", "--minShapes"), ("--trt-opt-shapes", "--optShapes"), ("--trt-max-shapes", "--maxShapes")]
@@ -64,7 +59,7 @@ def _shape_arguments(spec: GraphSpec, style: str) -> list[str]:
         if style == "polygraphy":
             args += [poly] + [f"{name}:[{','.join(map(str, shapes[index]))}]" for name, shapes in profile.items()]
         else:
-            args.append(trtexec + "=" + ",".join(f"{n}:{'x'.join(map(str, s[index]))}" for n, s in profile.items()))
+            args.append(f"{trtexec}={spec.profile_text(index)}")
     return args
 
 
@@ -176,7 +171,7 @@ def build_plans(
             attention = importlib.import_module("export.trt_attention_fp32")
             network = poly.PostprocessNetwork(network, func=attention.postprocess)
         profile = poly.Profile()
-        for tensor, (low, opt, high) in profile_shapes(entry.spec).items():
+        for tensor, (low, opt, high) in entry.spec.profile().items():
             profile.add(tensor, min=low, opt=opt, max=high)
         config = poly.CreateConfig(
             fp16=precision == "fp16",
@@ -230,6 +225,27 @@ def find_built_plans(directory: Path, manifest: Manifest) -> dict[str, dict]:
     return plans
 
 
+def build_tensorrt(
+    directory: Path, precision: str = "fp16", refittable: bool = False, sm: str | None = None
+) -> dict[str, dict]:
+    """Writes `build_tensorrt.sh` (and its settings) into `directory`, then builds and registers the plans here.
+
+    Raises `TensorRTUnavailable` where tensorrt, Polygraphy or a GPU is missing; the script is
+    written all the same, for the target machine.
+    """
+    directory = Path(directory)
+    script = write_build_files(directory, Manifest.read(directory), precision, refittable)
+    try:
+        plans = build_plans(directory, precision, refittable, sm)
+    except TensorRTUnavailable as err:
+        raise TensorRTUnavailable(
+            f"{err}.\nOn the target machine run {script} (it holds the exact polygraphy / trtexec commands), "
+            "then `python -m export.tensorrt_build DIR --register`."
+        ) from err
+    register_plans(directory, plans)
+    return plans
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("engines", type=Path, help="engine directory from export.build_engine")
@@ -257,17 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         register_plans(args.engines, plans)
         print(f"registered {', '.join(p['file'] for p in plans.values())} in {args.engines}/manifest.json")
         return 0
-    script = write_build_files(args.engines, manifest, args.precision, args.refittable)
     try:
-        plans = build_plans(args.engines, args.precision, args.refittable, args.sm)
+        build_tensorrt(args.engines, args.precision, args.refittable, args.sm)
     except TensorRTUnavailable as err:
-        print(
-            f"TensorRT plans not built here: {err}.\nOn the target machine run {script} (it holds the exact "
-            "polygraphy / trtexec commands), then `python -m export.tensorrt_build DIR --register`.",
-            file=sys.stderr,
-        )
+        print(f"TensorRT plans not built here: {err}", file=sys.stderr)
         return 3
-    register_plans(args.engines, plans)
     return 0
 
 

@@ -1,1 +1,1 @@
-"""PyTorch model code shared by `train` and `export`: presets, configs, tokenizer, image conversions."""
+"""PyTorch models: DiffewS with KV fusion, SLiMe, the mask read-outs, presets, folders, and `predictor` (the runtime API in PyTorch)."""

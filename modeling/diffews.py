@@ -11,13 +11,12 @@ What it does (METHOD_SPEC part 1, the authors' OI2M):
   * every self-attention layer fuses the supports' K/V into the query's (`modeling.kv_fusion`);
   * t = 1, no noise, the empty prompt's text embedding (computed once, stored with the
     weights); the UNet output is the *negative* mask latent, so the mask latent is -output;
-  * mask = VAE decode, channel mean, relative threshold 0.25 x max (`MaskReadout`).
+  * mask = VAE decode, channel mean, relative threshold 0.25 x max (`modeling.readouts`: the
+    decoder may be a learned read-out instead of the VAE's).
 Latents are scaled by the VAE's scaling factor; the posterior mean at inference, a sample in training.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +27,8 @@ from torch import nn
 
 from modeling.imaging import images_to_tensor, masks_to_tensor
 from modeling.kv_fusion import KVBank, KVFusion
+from modeling.readouts import LEARNED_READOUTS, MaskThreshold
+from runtime.sections import READOUTS
 
 TIMESTEP = 1  # the only timestep DiffewS ever uses, in training and inference
 EMPTY_PROMPT_TOKENS = (77, 2)  # 77: padded, as training sees it (default); 2: the released inference code
@@ -113,38 +114,6 @@ def empty_text_embedding(text_encoder, tokenizer, tokens: int = 77) -> torch.Ten
     return text_encoder(ids)[0].float()
 
 
-@dataclass
-class MaskReadout:
-    """Decoded mask image -> binary mask.
-
-    Relative (default, the authors'): foreground where the channel mean in [0, 1] exceeds
-    `relative` x the image's maximum (taken over all three channels). Note that a prediction that is
-    black everywhere still marks its brightest pixels. Absolute (`absolute` set, `relative`
-    None): foreground where the channel mean in [0, 1] exceeds `absolute`.
-    """
-
-    relative: float | None = 0.25
-    absolute: float | None = None
-
-    def __post_init__(self):
-        if (self.relative is None) == (self.absolute is None):
-            raise ValueError("set exactly one of relative and absolute")
-
-    def __call__(self, decoded: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, H, W) bool."""
-        x = (decoded.float().clamp(-1, 1) + 1) / 2
-        if self.relative is not None:
-            threshold = self.relative * x.flatten(1).max(dim=1).values[:, None, None]
-        else:
-            threshold = torch.full((x.shape[0], 1, 1), self.absolute, dtype=x.dtype, device=x.device)
-        return x.mean(dim=1) > threshold
-
-
-READOUT_DECODERS = ("vae", "head", "fast")  # what decodes the mask latent; see `DiffewsModel.decode_mask_images`
-# The learned read-outs: decoder -> the model attribute holding it, also its folder in a model folder.
-READOUT_NETWORKS = {"head": "mask_head", "fast": "mask_decoder"}
-
-
 class DiffewsModel(nn.Module):
     """The DiffewS network: KV-fusion UNet with `conv_in_ref`, frozen VAE, fixed empty-text embedding.
 
@@ -154,11 +123,11 @@ class DiffewsModel(nn.Module):
         empty_embedding: (1, L, D) text conditioning of every call.
         resolution: image side the model runs at, in pixels.
         attention: "sdpa" or "matmul" (see `modeling.kv_fusion`).
-        readout: decoded mask -> binary mask.
-        mask_decoder: the distilled fast read-out (`modeling.mask_decoder`), used by
-            `decode_masks(..., decoder="fast")` in place of the VAE decoder; None if the model has none.
-        mask_head: the VAE decoder to half resolution plus a learned head (`modeling.mask_head`),
-            used by `decode_masks(..., decoder="head")`; None if the model has none.
+        threshold: decoded mask image -> binary mask.
+        mask_decoder: the distilled read-out (`modeling.readouts.MaskDecoder`), used by
+            `decode_masks(..., readout="mask_decoder")` in place of the VAE decoder; None if the model has none.
+        mask_head: the VAE decoder to half resolution plus a learned head (`modeling.readouts.MaskHeadReadout`),
+            used by `decode_masks(..., readout="mask_head")`; None if the model has none.
     """
 
     def __init__(
@@ -168,7 +137,7 @@ class DiffewsModel(nn.Module):
         empty_embedding: torch.Tensor,
         resolution: int,
         attention: str = "sdpa",
-        readout: MaskReadout | None = None,
+        threshold: MaskThreshold | None = None,
         mask_decoder: nn.Module | None = None,
         mask_head: nn.Module | None = None,
     ):
@@ -179,7 +148,7 @@ class DiffewsModel(nn.Module):
         self.vae.requires_grad_(False)
         self.register_buffer("empty_embedding", empty_embedding.detach().float(), persistent=False)
         self.fusion = KVFusion(unet, attention)
-        self.readout = readout or MaskReadout()
+        self.threshold = threshold or MaskThreshold()
         self.mask_decoder, self.mask_head = mask_decoder, mask_head
         # Recompute each stream in the backward pass instead of storing its activations. Done per
         # stream, not with diffusers' per-block checkpointing: a block recomputed during backward
@@ -199,28 +168,27 @@ class DiffewsModel(nn.Module):
         z = posterior.sample() if sample else posterior.mean
         return z * self.vae.config.scaling_factor
 
-    def decode_mask_images(self, mask_latents: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
+    def decode_mask_images(self, mask_latents: torch.Tensor, readout: str = "vae") -> torch.Tensor:
         """(B, 4, h, w) predicted mask latents -> (B, 3, H, W) decoded mask images in about [-1, 1].
 
         Args:
-            decoder: one of `READOUT_DECODERS`: "vae" (the full VAE decoder, the method's own),
-                "head" (the model's `mask_head`) or "fast" (its distilled `mask_decoder`).
+            readout: one of `runtime.sections.READOUTS`: "vae" (the full VAE decoder, the method's
+                own), "mask_head" or "mask_decoder" (the model's learned read-outs, `modeling.readouts`).
         """
-        if decoder == "vae":
+        if readout == "vae":
             return self.vae.decode(mask_latents / self.vae.config.scaling_factor).sample
-        if decoder not in READOUT_DECODERS:
-            raise ValueError(f"unknown read-out decoder {decoder!r}; choose one of {', '.join(READOUT_DECODERS)}")
-        network = getattr(self, READOUT_NETWORKS[decoder])
+        if readout not in LEARNED_READOUTS:
+            raise ValueError(f"unknown read-out {readout!r}; choose one of {', '.join(READOUTS)}")
+        network = getattr(self, readout)
         if network is None:
             raise ValueError(
-                f"this model has no {READOUT_NETWORKS[decoder]}; train one with "
-                f"python -m train.mask_decoder --model DIR --kind {decoder}"
+                f"this model has no {readout}; train one with python -m train.mask_decoder --model DIR --kind {readout}"
             )
         return network(mask_latents)
 
-    def decode_masks(self, mask_latents: torch.Tensor, decoder: str = "vae") -> torch.Tensor:
-        """(B, 4, h, w) predicted mask latents -> (B, H, W) bool via a decoder (see above) and the read-out."""
-        return self.readout(self.decode_mask_images(mask_latents, decoder))
+    def decode_masks(self, mask_latents: torch.Tensor, readout: str = "vae") -> torch.Tensor:
+        """(B, 4, h, w) predicted mask latents -> (B, H, W) bool via a read-out's decoder (see above) and the threshold."""
+        return self.threshold(self.decode_mask_images(mask_latents, readout))
 
     def _context(self, batch: int) -> torch.Tensor:
         return self.empty_embedding.expand(batch, -1, -1)
@@ -291,10 +259,10 @@ class DiffewsModel(nn.Module):
         return self.support_bank(z_images, z_masks)
 
     @torch.no_grad()
-    def segment(self, query_images: np.ndarray, bank: KVBank) -> np.ndarray:
+    def segment(self, query_images: np.ndarray, bank: KVBank, readout: str = "vae") -> np.ndarray:
         """(B, H, W, 3) uint8 queries, one per episode of `bank` -> (B, H, W) bool masks at the query size."""
         x = self._resize(images_to_tensor(query_images), "bilinear")
-        masks = self.decode_masks(self.predict_mask_latents(self.encode(x), bank))  # [B, R, R]
+        masks = self.decode_masks(self.predict_mask_latents(self.encode(x), bank), readout)  # [B, R, R]
         size = query_images.shape[1:3]
         if tuple(masks.shape[1:]) != tuple(size):
             masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
@@ -305,27 +273,3 @@ class DiffewsModel(nn.Module):
             return x
         kwargs = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
         return F.interpolate(x, size=(self.resolution, self.resolution), mode=mode, **kwargs)
-
-
-RANDOM_SD21_SOURCE, RANDOM_SD21_HASH = "random sd21 (seed 0)", "random-sd21-seed0"
-
-
-def random_sd21_diffews(attention: str = "sdpa") -> DiffewsModel:
-    """The SD 2.1 architecture with seeded random weights (and random fast mask decoder and mask head).
-
-    Speed and graph size do not depend on the weights, so export and latency checks at full size
-    need no download; the same seed gives the same model in `export.build_engine --random-arch
-    sd21` and in `benchmarks.latency`.
-    """
-    from modeling.configs import SD21_UNET, SD21_VAE
-    from modeling.mask_decoder import MaskDecoder
-    from modeling.mask_head import HeadReadout, MaskHead, MaskHeadConfig, half_resolution_channels
-
-    torch.manual_seed(0)
-    unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
-    embedding = torch.randn(1, 77, SD21_UNET["cross_attention_dim"])
-    decoder = MaskDecoder()
-    head = HeadReadout(vae, MaskHead(MaskHeadConfig(half_resolution_channels(vae))))
-    return DiffewsModel(
-        unet, vae, embedding, resolution=512, attention=attention, mask_decoder=decoder, mask_head=head
-    ).eval()

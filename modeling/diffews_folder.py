@@ -5,8 +5,8 @@
     DIR/unet/diffusion_pytorch_model.safetensors   diffusers weight names plus conv_in_ref.weight/bias
     DIR/vae/                               the frozen base VAE (diffusers AutoencoderKL folder)
     DIR/empty_text_embedding.safetensors   "embedding": (1, L, D) float32, the fixed text conditioning
-    DIR/mask_head/                         optional: the head read-out (`python -m train.mask_decoder --kind head`)
-    DIR/mask_decoder/                      optional: the fast read-out (`python -m train.mask_decoder --kind fast`)
+    DIR/mask_head/                         optional: the mask_head read-out (`python -m train.mask_decoder --kind mask_head`)
+    DIR/mask_decoder/                      optional: the mask_decoder read-out (`python -m train.mask_decoder --kind mask_decoder`)
 
 No text encoder or tokenizer is needed at inference: the empty prompt's embedding is a constant.
 `diffusers.UNet2DConditionModel.from_pretrained(DIR / "unet")` still loads the shared UNet (it
@@ -25,12 +25,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from modeling.diffews import DiffewsModel, MaskReadout, load_unet_state_dict, unet_state_dict
-from modeling.mask_decoder import FOLDER as MASK_DECODER
-from modeling.mask_decoder import load_mask_decoder
-from modeling.mask_head import FOLDER as MASK_HEAD
-from modeling.mask_head import load_mask_head
+from modeling.diffews import DiffewsModel, load_unet_state_dict, unet_state_dict
 from modeling.presets import ModelFolderError
+from modeling.readouts import LEARNED_READOUTS, MaskThreshold, load_readout
 from runtime.files import replacing_file, replacing_folder, write_text
 
 FORMAT = "diffews"
@@ -69,12 +66,12 @@ def save_diffews(model: DiffewsModel, folder: Path, info: dict, dtype: torch.dty
         "resolution": model.resolution,
         "timestep": 1,
         "empty_prompt_tokens": int(model.empty_embedding.shape[1]),
-        "readout": {"relative": model.readout.relative, "absolute": model.readout.absolute},
+        "readout": {"relative": model.threshold.relative, "absolute": model.threshold.absolute},
         **info,
     }
     write_text(folder / CONFIG_FILE, json.dumps(config, indent=1))
     # Only once the new model is whole: a failed save keeps the old model with its read-outs.
-    for stale in (folder / MASK_HEAD, folder / MASK_DECODER):
+    for stale in (folder / kind for kind in LEARNED_READOUTS):
         if stale.is_dir():  # distilled from the weights just replaced: it would no longer match them
             shutil.rmtree(stale)
             print(
@@ -111,10 +108,11 @@ def load_diffews(folder: str | os.PathLike, attention: str = "sdpa") -> DiffewsM
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
     vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32, local_files_only=True)
     embedding = load_file(str(folder / EMBEDDING_FILE))["embedding"].float()
-    readout = MaskReadout(**config["readout"])
-    decoder = load_mask_decoder(folder / MASK_DECODER) if (folder / MASK_DECODER).is_dir() else None
-    head = load_mask_head(folder / MASK_HEAD, vae) if (folder / MASK_HEAD).is_dir() else None
-    model = DiffewsModel(unet, vae, embedding, int(config["resolution"]), attention, readout, decoder, head)
+    threshold = MaskThreshold(**config["readout"])
+    learned = {
+        kind: load_readout(kind, folder / kind, vae) if (folder / kind).is_dir() else None for kind in LEARNED_READOUTS
+    }
+    model = DiffewsModel(unet, vae, embedding, int(config["resolution"]), attention, threshold, **learned)
     load_unet_state_dict(model.unet, {k: v.float() for k, v in load_file(str(folder / UNET_WEIGHTS)).items()})
     return model.eval()
 

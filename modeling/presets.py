@@ -208,3 +208,38 @@ def build_model(name: str, path: str | os.PathLike | None = None, seed: int = 0)
     if Path(name).expanduser().exists():
         return load_model_folder(name)
     raise KeyError(f"unknown model {name!r}: choose a preset ({', '.join(PRESETS)}) or a diffusers folder path")
+
+
+# ---------------------------------------------------------------- DiffewS architectures with random weights
+@dataclass(frozen=True)
+class RandomDiffews:
+    """A DiffewS architecture with seeded random weights, and what a manifest records of it.
+
+    Speed and graph size do not depend on the weights, so full-size export and latency checks
+    need no download: `export.build_engine --random-arch sd21` and `benchmarks.latency --arch sd21`
+    build the same model from the same seed.
+    """
+
+    source: str
+    hash: str
+    seed: int = 0
+
+
+RANDOM_ARCHS = {"sd21": RandomDiffews("random sd21 (seed 0)", "random-sd21-seed0")}
+
+
+def random_diffews(arch: str = "sd21", attention: str = "sdpa"):
+    """The `arch` DiffewS model (`RANDOM_ARCHS`) with random weights, a random mask head and mask decoder, in eval mode."""
+    from modeling.diffews import DiffewsModel
+    from modeling.readouts import MaskDecoder, MaskHead, MaskHeadConfig, MaskHeadReadout, half_resolution_channels
+
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"unknown random architecture {arch!r}; choose one of {', '.join(RANDOM_ARCHS)}")
+    torch.manual_seed(RANDOM_ARCHS[arch].seed)
+    unet, vae = UNet2DConditionModel(**configs.SD21_UNET), AutoencoderKL(**configs.SD21_VAE)
+    embedding = torch.randn(1, 77, configs.SD21_UNET["cross_attention_dim"])
+    decoder = MaskDecoder()
+    head = MaskHeadReadout(vae, MaskHead(MaskHeadConfig(half_resolution_channels(vae))))
+    return DiffewsModel(
+        unet, vae, embedding, resolution=512, attention=attention, mask_decoder=decoder, mask_head=head
+    ).eval()

@@ -1,1 +1,1 @@
-"""Torch-free inference: numpy, pillow and ONNX Runtime / TensorRT only. Filled by the runtime issue."""
+"""Torch-free inference over engine directories: numpy, pillow and ONNX Runtime / OpenVINO / TensorRT."""

@@ -1,9 +1,11 @@
-"""The I/O contract of an exported graph: one descriptor read by export, engine building, the runtime and benchmarks.
+"""The I/O contract of an exported graph, whatever the method: one descriptor read by export, engine building,
+the runtime and benchmarks.
 
 Torch-free on purpose: the runtime validates every feed against it, the exporter derives
 dynamic axes, sample inputs and parity tolerances from it, a TensorRT build its optimisation
-profile (min / opt / max shapes), and `manifest.json` stores it so that a C++ host needs
-nothing else.
+profile (min / opt / max shapes, `GraphSpec.profile`), and `manifest.json` stores it so that a
+C++ host needs nothing else. Each method's descriptors are made next to the export wrapper whose
+`forward()` they describe (`export.diffews_graphs`, `export.slime_graph`).
 """
 
 from __future__ import annotations
@@ -111,6 +113,17 @@ class GraphSpec:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    def profile(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """(min, opt, max) shape of every input with a dynamic axis: the graph's optimisation profile."""
+        return {t.name: (t.min_shape, t.opt_shape, t.max_shape) for t in self.inputs if t.dynamic_axes}
+
+    def profile_text(self, which: int, separator: str = ",") -> str:
+        """One end of the profile as `image:32x32x3,mask:32x32` (which: 0 min, 1 opt, 2 max).
+
+        The form ONNX Runtime's TensorRT provider and trtexec take.
+        """
+        return separator.join(f"{n}:{'x'.join(map(str, s[which]))}" for n, s in self.profile().items())
+
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         """Raises ValueError when `feed` misses, adds or misshapes an input of this graph."""
         missing = [n for n in self.input_names if n not in feed]
@@ -167,161 +180,3 @@ def pixel_spec(
         (*leading, max_side, max_side, *trailing),
         doc,
     )
-
-
-# --------------------------------------------------------------------------- DiffewS
-SUPPORT_ENCODER = "support_encoder"
-QUERY_SEGMENTER = "query_segmenter"
-# Parity tolerances per precision: (bank tensors, query mask). fp32 graphs must match PyTorch to
-# float rounding; fp16 ones to half-precision rounding accumulated over the UNet.
-PRECISIONS = {
-    "fp32": (Tolerance(max_rel_l2=1e-3), Tolerance(min_iou=0.99)),
-    "fp16": (Tolerance(max_rel_l2=2e-2), Tolerance(min_iou=0.95)),
-}
-
-
-@dataclass(frozen=True)
-class FusedLayer:
-    """A self-attention layer whose K/V form the bank: N tokens (h x w) of C channels."""
-
-    name: str
-    tokens: int
-    channels: int
-
-
-def bank_names(layers: list[FusedLayer]) -> list[str]:
-    """The bank tensors' graph names, keys of every layer then values: key_00 ... key_15, value_00 ..."""
-    return [f"key_{i:02d}" for i in range(len(layers))] + [f"value_{i:02d}" for i in range(len(layers))]
-
-
-def diffews_graph_specs(
-    layers: list[FusedLayer],
-    max_shots: int,
-    min_side: int = 32,
-    opt_side: int = 512,
-    max_side: int = 4096,
-    precision: str = "fp32",
-) -> dict[str, GraphSpec]:
-    """The `support_encoder` and `query_segmenter` descriptors of a DiffewS model.
-
-    Args:
-        layers: the fused layers in execution order.
-        max_shots: the largest S the query graph is built for.
-        min_side, opt_side, max_side: the range of image height and width (pixels) the graphs are built for.
-        precision: "fp32" or "fp16" (looser parity tolerances; the I/O types stay as listed).
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-    bank_tolerance, mask_tolerance = PRECISIONS[precision]
-
-    def pixels(name: str, channels: tuple[int, ...], doc: str, axes=("height", "width")) -> TensorSpec:
-        return pixel_spec(name, doc, min_side, opt_side, max_side, trailing=channels, axes=axes)
-
-    names = bank_names(layers)
-    per_layer = layers + layers
-    shot_bank = tuple(
-        TensorSpec(n, "float32", (1, ly.tokens, ly.channels), *(((1, ly.tokens, ly.channels),) * 3), f"{ly.name}")
-        for n, ly in zip(names, per_layer)
-    )
-    query_bank = tuple(
-        TensorSpec(
-            n,
-            "float32",
-            ("shots", ly.tokens, ly.channels),
-            (1, ly.tokens, ly.channels),
-            (1, ly.tokens, ly.channels),
-            (max_shots, ly.tokens, ly.channels),
-            f"{ly.name}: the shots' single-shot banks concatenated on axis 0",
-        )
-        for n, ly in zip(names, per_layer)
-    )
-    # Axes of its own: the graph resizes the mask by the mask's shape, whatever the image's is (the
-    # runtime and the manifest's rules still require both to be one size).
-    mask_in = pixels(
-        "mask", (), "support mask, foreground > 0, same size as the image", axes=("mask_height", "mask_width")
-    )
-    threshold = TensorSpec(
-        "threshold", "float32", (), (), (), (), "read-out threshold (relative or absolute, see manifest)"
-    )
-    mask_out = pixels("mask", (), "query mask in {0, 1} at the query's size")
-    return {
-        SUPPORT_ENCODER: GraphSpec(
-            SUPPORT_ENCODER,
-            (pixels("image", (3,), "support image, RGB, any size"), mask_in),
-            shot_bank,
-            bank_tolerance,
-            "one support shot -> its K/V bank",
-        ),
-        QUERY_SEGMENTER: GraphSpec(
-            QUERY_SEGMENTER,
-            (pixels("image", (3,), "query image, RGB, any size"), threshold, *query_bank),
-            (mask_out,),
-            mask_tolerance,
-            "query image + S-shot bank -> query mask",
-        ),
-    }
-
-
-# The read-out threshold's range in both modes: it is compared with the decoded mask image scaled
-# to [0, 1] (relative: times its maximum), so 0 marks every non-black pixel and 1 marks nothing.
-THRESHOLD_RANGE = (0.0, 1.0)
-
-
-def diffews_rules(specs: dict[str, GraphSpec], max_shots: int) -> dict:
-    """The input rules a host must enforce, as written into `manifest.json` (`rules`; schema in the manifest module).
-
-    The graphs themselves check nothing: a feed that breaks a rule gives a wrong answer, not an error.
-    """
-    image = specs[SUPPORT_ENCODER].inputs[0]
-    return {
-        "sides": {"min": image.min_shape[0], "max": image.max_shape[0]},
-        "support_mask": {"same_size_as": "image", "foreground": "value > 0", "min_foreground_pixels": 1},
-        "shots": {"min": 1, "max": max_shots},
-        "threshold": {"min": THRESHOLD_RANGE[0], "max": THRESHOLD_RANGE[1], "max_exclusive": True},
-        "bank": {
-            "from": SUPPORT_ENCODER,
-            "to": QUERY_SEGMENTER,
-            "feeds": {name: name for name in specs[SUPPORT_ENCODER].output_names},
-            "shot_axis": 0,
-            "same_shots_in_every_tensor": True,
-            "finite": True,
-        },
-    }
-
-
-def check_threshold(value, rules: dict) -> float:
-    """A read-out threshold as a float, or ValueError naming the range (`rules`: the manifest's `rules.threshold`)."""
-    low, high = rules["min"], rules["max"]
-    closing = ")" if rules.get("max_exclusive", True) else "]"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"threshold must be a number in [{low}, {high}{closing}, got {value!r}")
-    value = float(value)
-    inside = low <= value < high if rules.get("max_exclusive", True) else low <= value <= high
-    if not inside:  # NaN fails both comparisons
-        raise ValueError(
-            f"threshold must be in [{low}, {high}{closing} (a fraction of the decoded mask's maximum or an "
-            f"absolute level, as the manifest's readout.mode says), got {value}"
-        )
-    return value
-
-
-# --------------------------------------------------------------------------- SLiMe
-PART_SEGMENTER = "part_segmenter"
-PART_PRECISIONS = {"fp32": Tolerance(max_rel_l2=1e-3), "fp16": Tolerance(max_rel_l2=5e-2)}
-
-
-def slime_graph_spec(
-    num_classes: int, min_side: int = 32, opt_side: int = 512, max_side: int = 4096, precision: str = "fp32"
-) -> GraphSpec:
-    """The `part_segmenter` descriptor: an RGB crop (h, w, 3) uint8 -> K score maps (K, h, w) float32."""
-    if precision not in PART_PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PART_PRECISIONS)}, got {precision!r}")
-    sides = (min_side, opt_side, max_side)
-    return GraphSpec(
-        PART_SEGMENTER,
-        (pixel_spec("image", "an RGB crop, any size (resized to the model resolution inside)", *sides, trailing=(3,)),),
-        (pixel_spec("scores", "per-class scores at the crop's size; argmax = label", *sides, leading=(num_classes,),
-                    dtype="float32"),),
-        PART_PRECISIONS[precision],
-        "one crop -> its K part score maps (SLiMe)",
-    )  # fmt: skip

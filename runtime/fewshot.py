@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import open_graph, resolve_backend
-from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, bank_names, check_threshold
 from runtime.files import replacing_file
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
 from runtime.manifest import EngineDirError, Manifest
+from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, check_threshold
 
 BANK_FORMAT = "diffews-support-bank"
 
@@ -67,15 +67,15 @@ class FewShotSegmenter:
         self.directory, self.manifest = Path(directory), manifest
         self.rules = manifest.rules
         try:
-            self.threshold = check_threshold(manifest.readout["threshold"], self.rules["threshold"])
+            self.threshold = check_threshold(manifest.diffews.readout.threshold, self.rules["threshold"])
         except ValueError as err:
             raise EngineDirError(f"{directory}: the manifest's read-out {err}; rebuild the engines") from err
-        self.bank_names = bank_names(manifest.layers)
+        self.bank_names = manifest.diffews.bank_names
         support_out = manifest.graph(SUPPORT_ENCODER).spec.output_names
-        query_bank = manifest.graph(QUERY_SEGMENTER).spec.input_names[2:]
+        query_bank = [n for n in manifest.graph(QUERY_SEGMENTER).spec.input_names if n not in ("image", "threshold")]
         if support_out != self.bank_names or query_bank != self.bank_names:  # checked before the slow compile
             raise EngineDirError(
-                f"{directory}: the manifest's {len(manifest.layers)} layers do not match its graphs' bank tensors "
+                f"{directory}: the manifest's {len(manifest.diffews.layers)} layers do not match its graphs' bank tensors "
                 f"(support encoder outputs {len(support_out)}, query bank inputs {len(query_bank)}); rebuild the engines"
             )
         self.backend = resolve_backend(backend, providers)  # what runs the graphs, `auto` resolved
@@ -178,7 +178,7 @@ class FewShotSegmenter:
             array = np.ascontiguousarray(bank[name])
             array.setflags(write=False)  # `bank` hands them out: nobody may change a bank in use
             arrays[name] = array
-        resident = self.query_segmenter.keep(arrays)
+        resident = self.query_segmenter.upload(arrays)
         self._support = SupportBank(arrays, resident, shots)  # one assignment: readers see old or new
 
     @property

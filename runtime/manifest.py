@@ -15,13 +15,15 @@
             "threshold": {"min": 0.0, "max": 1.0, "max_exclusive": true}, "bank": {"from", "to", "feeds", ...}}
 }
 
-`rules` are the input rules a host enforces (`runtime.contract.diffews_rules`); the graphs check
-nothing. `manifest.schema.json` beside this module is the JSON Schema of the whole file: the
+`rules` are the input rules a host enforces (written by `export.diffews_graphs.diffews_rules`); the
+graphs check nothing. A graph entry's `reduced_precision` (false for the DiffewS support encoder)
+says whether a backend computing in reduced precision (`openvino-bf16`) may run that graph so. `manifest.schema.json` beside this module is the JSON Schema of the whole file: the
 runtime validates every manifest against it on load, and hosts in other languages can too.
 
 A SLiMe directory ("kind": "slime") has one `part_segmenter` graph, no read-out, shots or layers,
 and a `parts` entry instead: {"class_names": [...], "patching": {"output_size", "per_side",
-"patch_size"}, "settings": {the test-time settings baked into the graph}}.
+"patch_size"}, "settings": {the test-time settings baked into the graph}}. In Python the two
+methods' fields are typed sections (`runtime.sections`): `manifest.diffews`, `manifest.parts`.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.contract import FusedLayer, GraphSpec
+from runtime.contract import GraphSpec
 from runtime.files import write_text
+from runtime.sections import SUPPORT_ENCODER, DiffewsSection, PartsSection
 
 # 2: `rules`, and a support encoder that resizes the mask by the mask's own shape (1 took its width from the image).
 SCHEMA_VERSION = 2
@@ -74,24 +77,39 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class GraphEntry:
-    """One graph file of the directory, its external weight files (graphs over 2 GB) and its contract."""
+    """One graph file of the directory, its external weight files (graphs over 2 GB) and its contract.
+
+    Attributes:
+        reduced_precision: may a backend that computes in reduced precision (`openvino-bf16`) run
+            this graph so? False keeps it fp32 there (the DiffewS support encoder: it runs once per
+            support set, and bf16 there costs mask agreement for no per-query time).
+    """
 
     file: str
     sha256: str
     spec: GraphSpec
     external_data: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    reduced_precision: bool = True
 
     def to_json(self) -> dict:
         return {
             "file": self.file,
             "sha256": self.sha256,
             "external_data": self.external_data,
+            "reduced_precision": self.reduced_precision,
             "spec": self.spec.to_json(),
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> GraphEntry:
-        return cls(data["file"], data["sha256"], GraphSpec.from_json(data["spec"]), data.get("external_data", {}))
+    def from_json(cls, data: dict, default_reduced_precision: bool = True) -> GraphEntry:
+        """`default_reduced_precision`: for manifests written before the field existed."""
+        return cls(
+            data["file"],
+            data["sha256"],
+            GraphSpec.from_json(data["spec"]),
+            data.get("external_data", {}),
+            bool(data.get("reduced_precision", default_reduced_precision)),
+        )
 
     @property
     def files(self) -> dict[str, str]:
@@ -101,35 +119,38 @@ class GraphEntry:
 
 @dataclass
 class Manifest:
-    """The parsed manifest; `graphs` maps a graph name to its entry."""
+    """The parsed manifest; `graphs` maps a graph name to its entry.
+
+    Attributes:
+        diffews: the DiffewS section (kind "diffews"), else None.
+        parts: the SLiMe section (kind "slime"), else None.
+    """
 
     kind: str
     model: dict
     resolution: int
     precision: str
     graphs: dict[str, GraphEntry]
-    readout: dict = field(default_factory=dict)  # DiffewS
-    max_shots: int = 0  # DiffewS
-    layers: list[FusedLayer] = field(default_factory=list)  # DiffewS
-    parts: dict = field(default_factory=dict)  # SLiMe
+    diffews: DiffewsSection | None = None
+    parts: PartsSection | None = None
     parity: list[dict] = field(default_factory=list)
     producer: dict = field(default_factory=dict)
-    rules: dict = field(default_factory=dict)  # the input rules a host enforces (`runtime.contract.diffews_rules`)
+    rules: dict = field(default_factory=dict)  # the input rules a host enforces (the schema's `rules`)
     # graph -> TensorRT plans built for it (file, sha256, tensorrt, compute_capability, precision, refittable)
     tensorrt_plans: dict[str, list[dict]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict:
+        # Both kinds write every top-level field (the other kind's empty), as schema version 2 always has.
+        diffews = self.diffews.to_json() if self.diffews else {"readout": {}, "max_shots": 0, "layers": []}
         return {
             "schema_version": self.schema_version,
             "kind": self.kind,
             "model": self.model,
             "resolution": self.resolution,
-            "readout": self.readout,
-            "max_shots": self.max_shots,
+            **diffews,
             "precision": self.precision,
-            "layers": [asdict(layer) for layer in self.layers],
-            "parts": self.parts,
+            "parts": self.parts.to_json() if self.parts else {},
             "graphs": {name: entry.to_json() for name, entry in self.graphs.items()},
             "parity": self.parity,
             "producer": self.producer,
@@ -179,12 +200,14 @@ class Manifest:
                 kind=kind,
                 model=data["model"],
                 resolution=int(data["resolution"]),
-                readout=data["readout"] if diffews else {},
-                max_shots=int(data["max_shots"]) if diffews else 0,
+                diffews=DiffewsSection.from_json(data) if diffews else None,
                 precision=data["precision"],
-                layers=[FusedLayer(**layer) for layer in data["layers"]] if diffews else [],
-                parts=data["parts"] if kind == "slime" else {},
-                graphs={name: GraphEntry.from_json(g) for name, g in data["graphs"].items()},
+                parts=PartsSection.from_json(data["parts"]) if kind == "slime" else None,
+                graphs={
+                    # before `reduced_precision` existed, runtimes kept the support encoder in fp32
+                    name: GraphEntry.from_json(g, default_reduced_precision=not (diffews and name == SUPPORT_ENCODER))
+                    for name, g in data["graphs"].items()
+                },
                 parity=data.get("parity", []),
                 producer=data.get("producer", {}),
                 tensorrt_plans=data.get("tensorrt_plans", {}),

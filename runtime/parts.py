@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from runtime.backends import BACKENDS, open_graph, resolve_backend
 from runtime.cli import check_outputs, reporting_errors
-from runtime.contract import PART_SEGMENTER
 from runtime.images import ImageLike, load_image, save_png
 from runtime.manifest import EngineDirError, Manifest
 from runtime.patches import Patching, labels_from_scores, patched_scores
+from runtime.sections import PART_SEGMENTER
 from segdata.visualize import colourize_labels
 
 
@@ -60,13 +60,12 @@ class PartSegmenter:
                 "use runtime.fewshot for DiffewS engines"
             )
         self.directory, self.manifest = Path(directory), manifest
-        self.class_names: list[str] = list(manifest.parts["class_names"])
-        layout = manifest.parts["patching"]
-        patch = patch_size if patch_size is not None else layout["patch_size"]
+        self.class_names: list[str] = list(manifest.parts.class_names)
+        layout = manifest.parts.patching
         self.patching = Patching(
-            int(layout["output_size"]),
-            int(per_side if per_side is not None else layout["per_side"]),
-            None if patch is None else int(patch),  # None: the whole output
+            layout.output_size,
+            int(per_side if per_side is not None else layout.per_side),
+            int(patch_size) if patch_size is not None else layout.patch_size,  # None: the whole output
         )
         self.patching.check()
         self.backend = resolve_backend(backend, providers)  # what runs the graph, `auto` resolved

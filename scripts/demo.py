@@ -186,7 +186,7 @@ def runtime_demo(out: Path) -> None:
 def slime_demo(out: Path) -> None:
     """Builds the part segmenter of the shipped SLiMe embedding and segments the example test images."""
     from segdata.layouts import PartFolder
-    from segdata.part_metrics import average, image_part_ious
+    from segdata.metrics import average, image_part_ious
 
     print("6. SLiMe: build_engine --slime on the shipped one-shot embedding, then python -m runtime.parts")
     t = time.perf_counter()

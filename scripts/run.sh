@@ -18,7 +18,9 @@ fi
 python -m pip install -q --upgrade pip
 # torch first, pinned: a looser requirement can pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[train,export,runtime,dev]"
+# The versions CI verified (constraints.txt); a newer release of any dependency arrives only when
+# that file is refreshed after a green run.
+python -m pip install -q -c constraints.txt -e ".[train,export,runtime,dev]"
 
 if [[ "$what" == "demo" ]]; then
   python scripts/demo.py --out demo_out

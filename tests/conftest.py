@@ -6,6 +6,16 @@ import pytest
 
 from segdata.world import SyntheticWorld
 
+# A test that uses one of these (each builds engines or trains a model) is in the slow lane;
+# `pytest -m "not slow"` is the fast lane, the README command runs both.
+SLOW_FIXTURES = {"built", "shipped_engines", "slime_engines", "tiny_with_decoder", "segmenters", "trained"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def world() -> SyntheticWorld:
@@ -27,7 +37,7 @@ def built(tmp_path_factory):
     """(model folder, engine directory) of a tiny-random DiffewS model, built once for the session."""
     import torch
 
-    from export import build_engine
+    from export.diffews_build import build_diffews
     from modeling.diffews import DiffewsModel
     from modeling.diffews_folder import save_diffews
     from modeling.presets import build_model
@@ -36,17 +46,24 @@ def built(tmp_path_factory):
     torch.manual_seed(0)
     folder = save_diffews(DiffewsModel.from_base(build_model("tiny-random")), root / "model", {"base": "tiny-random"})
     engines = root / "engines"
-    build_engine.main(
-        ["--model", str(folder), "--out", str(engines), "--max-shots", str(TINY_MAX_SHOTS), "--max-side", "512"]
-    )
+    build_diffews(engines, model=folder, max_shots=TINY_MAX_SHOTS, max_side=512)
     return folder, engines
 
 
 @pytest.fixture(scope="session")
 def shipped_engines(tmp_path_factory):
     """Engines of the shipped synth DiffewS model (128 px), up to 2 shots: real masks, not random-weight ones."""
-    from export import build_engine
+    from export.diffews_build import build_diffews
 
     engines = tmp_path_factory.mktemp("shipped") / "engines"
-    build_engine.main(["--out", str(engines), "--max-shots", "2", "--parity-episodes", "1", "--max-side", "512"])
-    return engines
+    return build_diffews(engines, max_shots=2, parity_episodes=1, max_side=512)
+
+
+@pytest.fixture(scope="session")
+def episodes():
+    """Four held-out 2-shot episodes of the 64 px world (fold 0), at 64 x 64."""
+    from segdata.episodes import EpisodeSampler
+    from segdata.synthetic import SyntheticFewShot
+
+    source = SyntheticFewShot(SyntheticWorld(resolution=64, seed=0), fold=0, split="val", size=120)
+    return list(EpisodeSampler(source, 2).fixed_episodes(4, seed=5))

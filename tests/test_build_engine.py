@@ -12,41 +12,28 @@ import pytest
 from PIL import Image
 
 from export import build_engine
+from export.diffews_graphs import diffews_graph_specs
 from export.parity import ParityError, check_parity, compare_outputs
 from modeling.diffews_folder import load_diffews, model_hash
-from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, diffews_graph_specs
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import Manifest
-from runtime.sessions import GraphSession
-from segdata.episodes import EpisodeSampler
-from segdata.synthetic import SyntheticFewShot
-from segdata.world import SyntheticWorld
-
-
-@pytest.fixture(scope="module")
-def episodes():
-    """Held-out synthetic 2-shot episodes at the tiny model's 64 px."""
-    source = SyntheticFewShot(SyntheticWorld(resolution=64, seed=0), fold=0, split="val", size=120)
-    return list(EpisodeSampler(source, 2).fixed_episodes(4, seed=5))
+from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, Readout
+from runtime.sessions import OnnxRuntimeGraph
+from segdata.metrics import mask_iou
 
 
 def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
-
-
 def test_engine_directory_is_complete_and_checked(built):
     folder, engines = built
     manifest = Manifest.read(engines)
     assert manifest.kind == "diffews" and manifest.model["hash"] == model_hash(folder)
-    assert manifest.max_shots == 3 and manifest.resolution == 64  # as the `built` fixture (conftest) builds them
-    assert manifest.readout == {"mode": "relative", "threshold": 0.25, "decoder": "vae"}
+    assert manifest.diffews.max_shots == 3 and manifest.resolution == 64  # as the `built` fixture (conftest) builds them
+    assert manifest.diffews.readout == Readout("relative", 0.25, "vae")
     assert set(manifest.graphs) == {SUPPORT_ENCODER, QUERY_SEGMENTER}
-    assert len(manifest.layers) == len(load_diffews(folder).fusion.layer_names)
+    assert len(manifest.diffews.layers) == len(load_diffews(folder).fusion.layer_names)
     assert manifest.parity and all(row["passed"] for row in manifest.parity)
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest.producer)
     for entry in manifest.graphs.values():
@@ -73,7 +60,7 @@ def test_runtime_agrees_with_the_pytorch_pipeline(built, episodes):
             assert got.shape == query.shape[:2] and got.dtype == np.uint8
             bank = model.bank_from_pixels(np.stack(supports[:shots])[None], np.stack(masks[:shots])[None])
             want = model.segment(query[None], bank)[0]
-            assert _iou(got > 0, want) >= 0.99
+            assert mask_iou(got > 0, want) >= 0.99
             foreground.append(want.mean())
     assert 0.0 < np.mean(foreground) < 1.0  # the comparison is not between two trivial masks
 
@@ -154,7 +141,7 @@ def test_build_refuses_to_overwrite_or_to_start_without_a_model(built, tmp_path)
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="only replaces engine directories"):
+    with pytest.raises(SystemExit, match="only engine directories are replaced"):
         build_engine.main(["--model", str(folder), "--out", str(mine), "--overwrite"])
     assert (mine / "keep.txt").read_text() == "mine"
     with pytest.raises(SystemExit, match="is not a DiffewS model folder"):
@@ -256,7 +243,7 @@ def test_the_support_graph_resizes_the_mask_by_its_own_shape(built):
     _, engines = built
     manifest = Manifest.read(engines)
     entry = manifest.graph(SUPPORT_ENCODER)
-    session = GraphSession(engines / entry.file, entry.spec)
+    session = OnnxRuntimeGraph(engines / entry.file, entry.spec)
     rng = np.random.default_rng(7)
     image = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
     mask = np.zeros((64, 64), np.uint8)

@@ -148,5 +148,5 @@ def test_an_inference_error_discards_its_request(built, episodes, backend):
     feed = {"image": ep.query_image, "threshold": np.array(0.25, np.float32)}
     for _ in range(2):
         with pytest.raises(Exception):  # noqa: B017 (the backend's own error type)
-            graph.run(feed, resident=graph.keep(mixed))
+            graph.run(feed, resident=graph.upload(mixed))
     np.testing.assert_array_equal(segmenter.segment(ep.query_image), want)

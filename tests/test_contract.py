@@ -1,4 +1,4 @@
-"""Graph descriptors and the engine manifest: validation, clear errors, JSON round trips (no torch needed)."""
+"""Graph descriptors and the engine manifest: validation, clear errors, JSON round trips."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from runtime.contract import (
+from export.diffews_graphs import diffews_graph_specs, diffews_rules
+from runtime.contract import GraphSpec
+from runtime.manifest import EngineDirError, GraphEntry, Manifest, file_sha256
+from runtime.sections import (
     QUERY_SEGMENTER,
     SUPPORT_ENCODER,
+    DiffewsSection,
     FusedLayer,
-    GraphSpec,
+    Readout,
     bank_names,
     check_threshold,
-    diffews_graph_specs,
-    diffews_rules,
 )
-from runtime.manifest import EngineDirError, GraphEntry, Manifest, file_sha256
 
 LAYERS = [FusedLayer("down.attn1", 64, 8), FusedLayer("up.attn1", 16, 16)]
 
@@ -80,10 +81,8 @@ def _manifest(tmp_path):
         kind="diffews",
         model={"source": "m", "hash": "abc"},
         resolution=64,
-        readout={"mode": "relative", "threshold": 0.25},
-        max_shots=3,
+        diffews=DiffewsSection(Readout("relative", 0.25), 3, tuple(LAYERS)),
         precision="fp32",
-        layers=LAYERS,
         graphs=graphs,
         rules=diffews_rules(specs(), 3),
     )
@@ -94,6 +93,7 @@ def test_manifest_round_trip_and_errors(tmp_path):
     manifest.write(tmp_path)
     again = Manifest.read(tmp_path)
     assert again.to_json() == manifest.to_json()
+    assert again.diffews == manifest.diffews and again.diffews.readout.threshold == 0.25
     with pytest.raises(EngineDirError, match="not an engine directory"):
         Manifest.read(tmp_path / "nowhere")
     with pytest.raises(EngineDirError, match="no 'part_segmenter' graph"):
@@ -182,3 +182,23 @@ def test_thresholds_outside_the_range_are_refused(bad):
 def test_thresholds_inside_the_range_are_floats():
     rules = diffews_rules(specs(), 3)["threshold"]
     assert check_threshold(0, rules) == 0.0 and check_threshold(np.float32(0.5), rules) == 0.5
+
+
+def test_graphs_record_their_precision_policy_and_old_manifests_keep_theirs(tmp_path):
+    manifest = _manifest(tmp_path)
+    manifest.graphs[SUPPORT_ENCODER].reduced_precision = False
+    manifest.write(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert [data["graphs"][n]["reduced_precision"] for n in (SUPPORT_ENCODER, QUERY_SEGMENTER)] == [False, True]
+    for entry in data["graphs"].values():  # as written before the field existed
+        del entry["reduced_precision"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    again = Manifest.read(tmp_path)
+    assert not again.graph(SUPPORT_ENCODER).reduced_precision and again.graph(QUERY_SEGMENTER).reduced_precision
+
+
+def test_profile_text_is_the_tensorrt_shape_syntax():
+    spec = specs()[SUPPORT_ENCODER]
+    assert spec.profile_text(0) == "image:32x32x3,mask:32x32"
+    assert spec.profile_text(2, separator=" ") == "image:256x256x3 mask:256x256"
+    assert set(spec.profile()) == {"image", "mask"}

@@ -9,9 +9,10 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from modeling.diffews import DiffewsModel, MaskReadout, StreamConvIn, empty_text_embedding
+from modeling.diffews import DiffewsModel, StreamConvIn, empty_text_embedding
 from modeling.diffews_folder import load_diffews, model_hash, read_config, save_diffews
 from modeling.presets import ModelFolderError, build_model
+from modeling.readouts import MaskThreshold
 
 
 @pytest.fixture()
@@ -62,15 +63,15 @@ def test_relative_and_absolute_readouts():
     decoded = torch.full((1, 3, 4, 4), -1.0)
     decoded[0, :, 0, 0] = 1.0  # one white pixel, value 1.0 in [0, 1]
     decoded[0, :, 0, 1] = -0.6  # 0.2 in [0, 1]: below 0.25 x max, above an absolute 0.1
-    rel = MaskReadout()(decoded)
-    absolute = MaskReadout(relative=None, absolute=0.1)(decoded)
+    rel = MaskThreshold()(decoded)
+    absolute = MaskThreshold(relative=None, absolute=0.1)(decoded)
     assert rel.sum() == 1 and rel[0, 0, 0]
     assert absolute.sum() == 2 and absolute[0, 0, 1]
     dark = torch.full((1, 3, 4, 4), -0.9)
     dark[0, :, 2, 2] = -0.8
-    assert MaskReadout()(dark).sum() == 16  # the documented caveat: near-black still marks pixels
+    assert MaskThreshold()(dark).sum() == 16  # the documented caveat: near-black still marks pixels
     with pytest.raises(ValueError, match="exactly one"):
-        MaskReadout(relative=0.25, absolute=0.1)
+        MaskThreshold(relative=0.25, absolute=0.1)
 
 
 def test_segment_pixels_at_any_size(model):

@@ -1,4 +1,4 @@
-"""The learned mask read-outs (mask head, fast decoder): networks, folders, training, PyTorch model and engines."""
+"""The learned mask read-outs (mask_head, mask_decoder): networks, folders, training, PyTorch model and engines."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import torch
 
 from benchmarks import latency
 from export import build_engine
+from export.diffews_build import build_diffews, choose_readout
 from modeling.diffews_folder import load_diffews, save_diffews
-from modeling.mask_decoder import FOLDER, MaskDecoder, load_mask_decoder, save_mask_decoder
-from modeling.mask_head import FOLDER as HEAD_FOLDER
-from modeling.mask_head import (
-    HeadReadout,
+from modeling.readouts import (
+    MaskDecoder,
     MaskHead,
     MaskHeadConfig,
+    MaskHeadReadout,
     half_resolution_channels,
     half_resolution_features,
-    load_mask_head,
-    save_mask_head,
+    load_readout,
+    save_readout,
 )
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import Manifest
@@ -36,12 +36,12 @@ def test_decoder_upsamples_by_eight_into_the_vae_range():
 def test_saved_decoder_loads_identical(tmp_path):
     torch.manual_seed(0)
     decoder = MaskDecoder().eval()
-    save_mask_decoder(decoder, tmp_path / "d", {"note": "x"})
+    save_readout(decoder, tmp_path / "d", {"note": "x"})
     z = torch.randn(1, 4, 8, 8)
-    assert torch.equal(load_mask_decoder(tmp_path / "d")(z), decoder(z))
+    assert torch.equal(load_readout("mask_decoder", tmp_path / "d", None)(z), decoder(z))
     assert json.loads((tmp_path / "d" / "config.json").read_text())["note"] == "x"
     with pytest.raises(FileNotFoundError, match="train one with python -m train.mask_decoder"):
-        load_mask_decoder(tmp_path / "nothing")
+        load_readout("mask_decoder", tmp_path / "nothing", None)
 
 
 def test_half_resolution_features_are_the_vae_decoder_up_to_its_last_upsampling(tiny_model):
@@ -60,37 +60,39 @@ def test_half_resolution_features_are_the_vae_decoder_up_to_its_last_upsampling(
 def test_head_read_out_trains_only_its_head_and_refuses_another_vae(tiny_model):
     vae = tiny_model.vae.eval()
     head = MaskHead(MaskHeadConfig(half_resolution_channels(vae)))
-    readout = HeadReadout(vae, head)
+    readout = MaskHeadReadout(vae, head)
     out = readout(torch.randn(2, 4, 8, 6))
     assert out.shape == (2, 3, 64, 48) and out.abs().max() <= 1
     assert readout.state_dict().keys() == {f"head.{k}" for k in head.state_dict()}  # the VAE is shared, not owned
     with pytest.raises(ValueError, match="trained for another VAE"):
-        HeadReadout(vae, MaskHead(MaskHeadConfig(half_resolution_channels(vae) + 1)))
+        MaskHeadReadout(vae, MaskHead(MaskHeadConfig(half_resolution_channels(vae) + 1)))
 
 
 def test_saved_head_loads_identical(tiny_model, tmp_path):
     torch.manual_seed(0)
     head = MaskHead(MaskHeadConfig(half_resolution_channels(tiny_model.vae), width=16)).eval()
-    save_mask_head(head, tmp_path / "h", {"note": "x"})
+    save_readout(head, tmp_path / "h", {"note": "x"})
     z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
-        assert torch.equal(load_mask_head(tmp_path / "h", tiny_model.vae)(z), HeadReadout(tiny_model.vae, head)(z))
-    with pytest.raises(FileNotFoundError, match="--kind head"):
-        load_mask_head(tmp_path / "nothing", tiny_model.vae)
+        assert torch.equal(
+            load_readout("mask_head", tmp_path / "h", tiny_model.vae)(z), MaskHeadReadout(tiny_model.vae, head)(z)
+        )
+    with pytest.raises(FileNotFoundError, match="--kind mask_head"):
+        load_readout("mask_head", tmp_path / "nothing", tiny_model.vae)
 
 
 @pytest.fixture(scope="module")
 def tiny_with_decoder(built, tmp_path_factory):
-    """The tiny model folder of the `built` fixture, with a mask head and a fast decoder distilled in a few steps."""
+    """The tiny model folder of the `built` fixture, with a mask head and a mask decoder distilled in a few steps."""
     folder = tmp_path_factory.mktemp("fast") / "model"
     shutil.copytree(built[0], folder)
     argv = ["--model", str(folder), "--samples", "32", "--val", "16", "--steps", "5", "--batch", "8"]
-    mask_decoder_cli.main(argv + ["--kind", "fast"])
-    mask_decoder_cli.main(argv + ["--head-width", "8"])  # --kind head is the default
+    mask_decoder_cli.main(argv + ["--kind", "mask_decoder"])
+    mask_decoder_cli.main(argv + ["--head-width", "8"])  # --kind mask_head is the default
     return folder
 
 
-@pytest.mark.parametrize("kind, folder", [("fast", FOLDER), ("head", HEAD_FOLDER)])
+@pytest.mark.parametrize("kind, folder", [("mask_decoder", "mask_decoder"), ("head", "mask_head")])
 def test_distillation_writes_its_figures_and_keeps_existing_read_outs(tiny_with_decoder, kind, folder):
     info = json.loads((tiny_with_decoder / folder / "config.json").read_text())
     figures = info["agreement_held_out"]
@@ -102,7 +104,7 @@ def test_distillation_writes_its_figures_and_keeps_existing_read_outs(tiny_with_
 
 
 def test_evaluate_reports_the_existing_decoder_and_writes_nothing(tiny_with_decoder, capsys, tmp_path):
-    weights = tiny_with_decoder / HEAD_FOLDER / "model.safetensors"
+    weights = tiny_with_decoder / "mask_head" / "model.safetensors"
     before = weights.read_bytes()
     mask_decoder_cli.main(["--model", str(tiny_with_decoder), "--evaluate", "--val", "8"])
     figures = json.loads(capsys.readouterr().out)
@@ -110,9 +112,9 @@ def test_evaluate_reports_the_existing_decoder_and_writes_nothing(tiny_with_deco
     assert weights.read_bytes() == before
     bare = tmp_path / "bare"
     shutil.copytree(tiny_with_decoder, bare)
-    shutil.rmtree(bare / FOLDER)
+    shutil.rmtree(bare / "mask_decoder")
     with pytest.raises(SystemExit, match="no mask_decoder/ to evaluate"):
-        mask_decoder_cli.main(["--model", str(bare), "--kind", "fast", "--evaluate"])
+        mask_decoder_cli.main(["--model", str(bare), "--kind", "mask_decoder", "--evaluate"])
 
 
 def test_boundary_band_is_the_one_pixel_ring_on_both_sides_of_an_edge():
@@ -123,26 +125,23 @@ def test_boundary_band_is_the_one_pixel_ring_on_both_sides_of_an_edge():
     assert not band[3:5, 3:5].any()
 
 
-@pytest.mark.parametrize("kind, folder", [("fast", FOLDER), ("head", HEAD_FOLDER)])
-def test_learned_read_outs_in_pytorch_and_in_the_engines(built, tiny_with_decoder, tmp_path, kind, folder):
+@pytest.mark.parametrize("readout", ["mask_decoder", "mask_head"])
+def test_learned_read_outs_in_pytorch_and_in_the_engines(built, tiny_with_decoder, tmp_path, readout):
     model = load_diffews(tiny_with_decoder)
     plain = load_diffews(built[0])
     z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
-        assert model.decode_masks(z, kind).shape == (1, 64, 64)
-    with pytest.raises(ValueError, match=f"has no {folder}"):
-        plain.decode_masks(z, kind)
-    with pytest.raises(ValueError, match="unknown read-out decoder"):
+        assert model.decode_masks(z, readout).shape == (1, 64, 64)
+    with pytest.raises(ValueError, match=f"has no {readout}"):
+        plain.decode_masks(z, readout)
+    with pytest.raises(ValueError, match="unknown read-out"):
         model.decode_masks(z, "tiny")
-    with pytest.raises(SystemExit, match=f"no {folder}/"):
-        build_engine.main(["--model", str(built[0]), "--out", str(tmp_path / "x"), "--readout-decoder", kind])
+    with pytest.raises(SystemExit, match=f"no {readout}/"):
+        build_engine.main(["--model", str(built[0]), "--out", str(tmp_path / "x"), "--readout", readout])
 
-    engines = tmp_path / kind
-    build_engine.main(
-        ["--model", str(tiny_with_decoder), "--out", str(engines), "--max-shots", "2", "--readout-decoder", kind]
-    )
+    engines = build_diffews(tmp_path / readout, model=tiny_with_decoder, max_shots=2, readout=readout)
     manifest = Manifest.read(engines)
-    assert manifest.readout["decoder"] == folder and all(r["passed"] for r in manifest.parity)
+    assert manifest.diffews.readout.decoder == readout and all(r["passed"] for r in manifest.parity)
     segmenter = FewShotSegmenter.from_dir(engines)
     image = np.zeros((64, 64, 3), np.uint8)
     mask = np.zeros((64, 64), np.uint8)
@@ -151,16 +150,21 @@ def test_learned_read_outs_in_pytorch_and_in_the_engines(built, tiny_with_decode
     assert segmenter.segment(image).shape == (64, 64)
 
 
+def test_the_old_read_out_names_still_work_with_a_note(tiny_with_decoder, tmp_path, capsys):
+    args = build_engine.parse_args(
+        ["--model", str(tiny_with_decoder), "--out", str(tmp_path / "e"), "--readout-decoder", "fast"]
+    )
+    assert args.readout == "mask_decoder" and "now called mask_decoder" in capsys.readouterr().err
+
+
 def test_auto_read_out_is_the_head_where_the_model_has_one(built, tiny_with_decoder):
-    assert build_engine.choose_readout_decoder("auto", load_diffews(tiny_with_decoder)) == "head"
-    assert build_engine.choose_readout_decoder("auto", load_diffews(built[0])) == "vae"
+    assert choose_readout("auto", load_diffews(tiny_with_decoder)) == "mask_head"
+    assert choose_readout("auto", load_diffews(built[0])) == "vae"
 
 
 def test_latency_rows_for_every_read_out(built, tiny_with_decoder, tmp_path):
-    engines = tmp_path / "fast"
-    build_engine.main(["--model", str(tiny_with_decoder), "--out", str(engines), "--readout-decoder", "fast"])
-    head = tmp_path / "head"
-    build_engine.main(["--model", str(tiny_with_decoder), "--out", str(head)])  # auto: the head
+    engines = build_diffews(tmp_path / "mask_decoder", model=tiny_with_decoder, readout="mask_decoder")
+    head = build_diffews(tmp_path / "mask_head", model=tiny_with_decoder)  # auto: the mask head
     out = tmp_path / "bench"
     argv = ["--engines", str(built[1]), str(engines), str(head), "--out", str(out), "--repeats", "1", "--warmup", "0"]
     latency.main(argv + ["--backends", "onnxruntime"])
@@ -169,13 +173,13 @@ def test_latency_rows_for_every_read_out(built, tiny_with_decoder, tmp_path):
         "reference",
         "torch-cached",
         "onnxruntime",
-        "onnxruntime, fast read-out",
-        "onnxruntime, head read-out",
+        "onnxruntime, mask_decoder read-out",
+        "onnxruntime, mask_head read-out",
     ]
-    assert rows["onnxruntime, head read-out"]["stages_ms"]["readout"] > 0
+    assert rows["onnxruntime, mask_head read-out"]["stages_ms"]["readout"] > 0
     # Same query work except the read-out, counted on the decoder each build uses (at toy width the
     # VAE decoder is the cheaper one; at SD 2.1 size the distilled one is about 700x cheaper).
-    fast, vae = rows["onnxruntime, fast read-out"], rows["onnxruntime"]
+    fast, vae = rows["onnxruntime, mask_decoder read-out"], rows["onnxruntime"]
     assert fast["gflop_per_query"] != pytest.approx(vae["gflop_per_query"])
     assert fast["engines"] == str(engines) and vae["engines"] == str(built[1])
 
@@ -184,6 +188,6 @@ def test_replacing_a_model_removes_its_stale_read_outs(tiny_with_decoder, tmp_pa
     folder = tmp_path / "model"
     shutil.copytree(tiny_with_decoder, folder)
     save_diffews(load_diffews(folder), folder, {"base": "tiny-random"})
-    assert not (folder / FOLDER).exists() and not (folder / HEAD_FOLDER).exists()
+    assert not (folder / "mask_decoder").exists() and not (folder / "mask_head").exists()
     reloaded = load_diffews(folder)
     assert reloaded.mask_decoder is None and reloaded.mask_head is None

@@ -5,23 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import backends
+from runtime import backends, openvino_graph
 from runtime.backends import cpu_has_bf16, resolve_backend
 from runtime.fewshot import FewShotSegmenter
-from segdata.episodes import EpisodeSampler
-from segdata.synthetic import SyntheticFewShot
-from segdata.world import SyntheticWorld
-
-
-@pytest.fixture(scope="module")
-def episodes():
-    source = SyntheticFewShot(SyntheticWorld(resolution=64, seed=0), fold=0, split="val", size=120)
-    return list(EpisodeSampler(source, 2).fixed_episodes(3, seed=11))
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+from segdata.metrics import mask_iou
 
 
 def _masks(segmenter: FewShotSegmenter, episodes) -> list[np.ndarray]:
@@ -40,7 +27,7 @@ def test_openvino_fp32_gives_onnxruntime_s_masks_and_bank(built, episodes):
     assert segmenter.backend == "openvino"
     for want, got in zip(_masks(reference, episodes), _masks(segmenter, episodes)):
         assert got.dtype == np.uint8 and got.shape == want.shape
-        assert _iou(got > 0, want > 0) >= 0.99
+        assert mask_iou(got > 0, want > 0) >= 0.99
     assert 0 < np.mean([m.mean() for m in _masks(reference, episodes)]) < 1  # not two trivial masks
     # The bank (the support encoder's outputs) matches to float rounding.
     ep = episodes[0]
@@ -56,13 +43,13 @@ def test_openvino_bf16_runs_the_query_graph_in_bf16_and_the_supports_in_fp32(bui
     segmenter = FewShotSegmenter.from_dir(engines, backend="openvino-bf16", threads=1)
     assert segmenter.support_encoder.precision == "f32" and segmenter.query_segmenter.precision == "bf16"
     reference = FewShotSegmenter.from_dir(engines, backend="openvino", threads=1)
-    ious = [_iou(a > 0, b > 0) for a, b in zip(_masks(reference, episodes), _masks(segmenter, episodes))]
+    ious = [mask_iou(a > 0, b > 0) for a, b in zip(_masks(reference, episodes), _masks(segmenter, episodes))]
     assert np.mean(ious) >= 0.9  # bf16 moves some boundary pixels, no more
 
 
 def test_bf16_is_refused_on_a_cpu_without_it(built, monkeypatch):
     _, engines = built
-    monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(openvino_graph, "cpu_has_bf16", lambda: False)
     with pytest.raises(RuntimeError, match="AVX512-BF16 or AMX"):
         FewShotSegmenter.from_dir(engines, backend="openvino-bf16")
 
@@ -98,10 +85,10 @@ def test_openvino_graphs_check_their_inputs(built, episodes):
     with pytest.raises(ValueError, match=r"missing \[.threshold., .key_00."):
         segmenter.query_segmenter.run({"image": ep.query_image}, resident={})  # no bank, no threshold
     with pytest.raises(ValueError, match="no input named"):
-        segmenter.query_segmenter.keep({"key_99": np.zeros((1, 4, 4), np.float32)})
+        segmenter.query_segmenter.upload({"key_99": np.zeros((1, 4, 4), np.float32)})
     # The resident bank is a copy: changing the caller's array later does not change it.
     key = segmenter.bank["key_00"].copy()
-    resident = segmenter.query_segmenter.keep({"key_00": key})
+    resident = segmenter.query_segmenter.upload({"key_00": key})
     key[:] = 0
     np.testing.assert_array_equal(resident["key_00"].data, segmenter.bank["key_00"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from export import build_engine
+from export.slime_build import build_slime
 from modeling.presets import build_model
 from modeling.slime import SlimeModel
 from modeling.slime_embedding import SlimeEmbedding, load_slime, weights_hash
@@ -37,8 +39,7 @@ def slime_engines(tmp_path_factory):
         model, NAMES, "tiny-random", weights_hash(components.unet, components.vae), {}
     ).save(root / "emb.safetensors")
     engines = root / "engines"
-    args = ["--slime", str(path), "--out", str(engines), "--patches-per-side", "2", "--patch-size", "48"]
-    build_engine.main(args + ["--max-side", "512"])
+    build_slime(engines, embedding=path, patches_per_side=2, patch_size=48, max_side=512)
     return path, engines
 
 
@@ -51,9 +52,11 @@ def test_manifest_of_a_slime_directory(slime_engines):
     _, engines = slime_engines
     manifest = Manifest.read(engines)
     assert manifest.kind == "slime" and manifest.resolution == 64
-    assert manifest.parts["class_names"] == NAMES
-    assert manifest.parts["patching"] == {"output_size": 64, "per_side": 2, "patch_size": 48}
-    assert manifest.parts["settings"]["token_threshold"] == 0.0  # tiny-random's preset value
+    assert list(manifest.parts.class_names) == NAMES
+    assert manifest.parts.patching == Patching(64, 2, 48)
+    assert manifest.parts.settings["token_threshold"] == 0.0  # tiny-random's preset value
+    written = json.loads((engines / "manifest.json").read_text())["parts"]
+    assert written["patching"] == {"output_size": 64, "per_side": 2, "patch_size": 48}
     assert list(manifest.graphs) == ["part_segmenter"] and all(r["passed"] for r in manifest.parity)
     assert manifest.graphs["part_segmenter"].spec.outputs[0].shape == (4, "height", "width")
 

@@ -9,7 +9,7 @@ import numpy as np
 from modeling.slime_embedding import load_slime
 from runtime.patches import Patching, segment_parts
 from segdata.layouts import PartFolder
-from segdata.part_metrics import average, mean_part_ious
+from segdata.metrics import average, mean_part_ious
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "slime"
 

@@ -17,21 +17,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from export import build_engine, tensorrt_build, trt_attention_fp32
-from export.tensorrt_build import profile_shapes
 from export.tensorrt_check import support_table, tensorrt_problems
-from runtime.backends import GpuUnavailable, gpu_compute_capability, onnxruntime_providers, select_plan
-from runtime.contract import QUERY_SEGMENTER, SUPPORT_ENCODER
 from runtime.fewshot import FewShotSegmenter
 from runtime.manifest import EngineDirError, Manifest
-from segdata.episodes import EpisodeSampler
-from segdata.synthetic import SyntheticFewShot
-from segdata.world import SyntheticWorld
-
-
-@pytest.fixture(scope="module")
-def episodes():
-    source = SyntheticFewShot(SyntheticWorld(resolution=64, seed=0), fold=0, split="val", size=120)
-    return list(EpisodeSampler(source, 2).fixed_episodes(2, seed=5))
+from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER
+from runtime.sessions import onnxruntime_providers
+from runtime.tensorrt_graph import GpuUnavailable, gpu_compute_capability, select_plan
 
 
 def test_exported_graphs_are_parseable_by_tensorrt(built):
@@ -92,16 +83,16 @@ def test_problems_are_named(tmp_path):
 def test_profiles_follow_the_descriptors(built):
     _, engines = built
     manifest = Manifest.read(engines)
-    query = profile_shapes(manifest.graph(QUERY_SEGMENTER).spec)
+    query = manifest.graph(QUERY_SEGMENTER).spec.profile()
     assert query["image"] == ((32, 32, 3), (64, 64, 3), (512, 512, 3))
-    key = manifest.layers[0]
+    key = manifest.diffews.layers[0]
     assert query["key_00"] == (
         (1, key.tokens, key.channels),
         (1, key.tokens, key.channels),
         (3, key.tokens, key.channels),
     )
     assert "threshold" not in query  # a static scalar needs no profile entry
-    assert set(profile_shapes(manifest.graph(SUPPORT_ENCODER).spec)) == {"image", "mask"}
+    assert set(manifest.graph(SUPPORT_ENCODER).spec.profile()) == {"image", "mask"}
 
 
 def _script_commands(script: str, tool: str) -> list[list[str]]:
@@ -120,7 +111,7 @@ def test_build_script_is_valid_shell_with_the_descriptors_shapes(built, tmp_path
     commands = _script_commands(script.read_text(), "polygraphy")
     assert [c[2] for c in commands] == ["support_encoder.onnx", "query_segmenter.onnx"]
     for command, name in zip(commands, (SUPPORT_ENCODER, QUERY_SEGMENTER)):
-        profile = profile_shapes(manifest.graph(name).spec)
+        profile = manifest.graph(name).spec.profile()
         for index, flag in enumerate(("--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes")):
             start = command.index(flag) + 1
             given = dict(arg.split(":", 1) for arg in command[start : start + len(profile)])

@@ -1,1 +1,1 @@
-"""Training entry points (PyTorch): the synth base (`python -m train.base`), later DiffewS and SLiMe."""
+"""Training entry points (PyTorch): the synth base, DiffewS, SLiMe embeddings, the learned mask read-outs, evaluation."""

@@ -34,7 +34,7 @@ from modeling.slime import SlimeModel
 from runtime.files import write_text
 from runtime.patches import Patching
 from segdata.categories import CATEGORIES
-from segdata.part_metrics import average, mean_part_ious
+from segdata.metrics import average, mean_part_ious
 from segdata.synthetic import SyntheticParts
 from segdata.world import SyntheticWorld
 from train.slime import SlimeRecipe, optimise, segment_examples

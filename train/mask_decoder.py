@@ -1,18 +1,19 @@
-"""Distil a cheap mask read-out from a DiffewS model's VAE decoder: `--kind head` or `--kind fast`.
+"""Distil a cheap mask read-out from a DiffewS model's VAE decoder: `--kind mask_head` or `--kind mask_decoder`.
 
-    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --kind head
-    python -m train.mask_decoder --model runs/diffews-fold0 --kind fast --samples 8000 --steps 12000 --overwrite
-    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --kind head --evaluate   # figures only
+    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --kind mask_head
+    python -m train.mask_decoder --model runs/diffews-fold0 --kind mask_decoder --samples 8000 --steps 12000 --overwrite
+    python -m train.mask_decoder --model modeling/pretrained/synth-diffews --kind mask_head --evaluate   # figures only
 
-Kinds: `head` (`modeling.mask_head`) keeps the VAE decoder up to half resolution and learns only
-its last stretch; `fast` (`modeling.mask_decoder`) replaces the whole decoder with a small network
-on the latent: far cheaper, less faithful at the edges.
+Kinds (`modeling.readouts`): `mask_head` keeps the VAE decoder up to half resolution and learns
+only its last stretch; `mask_decoder` replaces the whole decoder with a small network on the
+latent: far cheaper, less faithful at the edges. (`head` and `fast`, the names before one
+vocabulary, are still accepted.)
 
 Data: the model's own predicted mask latents on episodes of its fold's *training* categories
 (what the decoder will see in use), plus a quarter of latents of ground-truth masks, each paired
 with the VAE decoder's output. Loss: L1 to the decoded image plus a soft version of the
 read-out's threshold decision (boundaries matter more than grey levels). Agreement, the figure that
-matters: per-mask IoU between `MaskReadout` on the fast decoder's output and on the VAE
+matters: per-mask IoU between `MaskThreshold` on the learned read-out's output and on the VAE
 decoder's, on predictions for episodes of the *held-out* categories. Writes `mask_head/` or
 `mask_decoder/` into the model folder (never over an existing one without --overwrite).
 """
@@ -30,18 +31,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from modeling.diffews import READOUT_NETWORKS, DiffewsModel
+from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, read_config
 from modeling.imaging import images_to_tensor, masks_to_tensor
-from modeling.mask_decoder import MaskDecoder, MaskDecoderConfig, save_mask_decoder
-from modeling.mask_head import (
-    HeadReadout,
+from modeling.readouts import (
+    LEARNED_READOUTS,
+    MaskDecoder,
+    MaskDecoderConfig,
     MaskHead,
     MaskHeadConfig,
+    MaskHeadReadout,
     half_resolution_channels,
     half_resolution_features,
-    save_mask_head,
+    save_readout,
 )
+from runtime.sections import OLD_READOUT_NAMES
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
@@ -109,7 +113,7 @@ def agreement(model: DiffewsModel, decoder: nn.Module, latents: torch.Tensor, de
     no better than `mean_iou`, the errors are in the edges, not in the image-wide maximum.
     """
     fast_images = torch.cat([decoder(z) for z in latents.split(64)])
-    fast, full = model.readout(fast_images), model.readout(decoded.float())
+    fast, full = model.threshold(fast_images), model.threshold(decoded.float())
     ious = mask_iou(fast, full)
     flipped = fast ^ full
     figures = {
@@ -121,9 +125,9 @@ def agreement(model: DiffewsModel, decoder: nn.Module, latents: torch.Tensor, de
         "flipped_pixels_per_mask": round(float(flipped.flatten(1).sum(1).float().mean()), 1),
         "flipped_on_boundary_band": round(float((flipped & boundary_band(full)).sum() / flipped.sum().clamp(min=1)), 4),
     }
-    if model.readout.relative is not None:
+    if model.threshold.relative is not None:
         vae = (decoded.float().clamp(-1, 1) + 1) / 2
-        cut = model.readout.relative * vae.flatten(1).max(dim=1).values[:, None, None]
+        cut = model.threshold.relative * vae.flatten(1).max(dim=1).values[:, None, None]
         with_vae_cut = ((fast_images.clamp(-1, 1) + 1) / 2).mean(dim=1) > cut
         figures["iou_with_vae_maximum"] = round(float(mask_iou(with_vae_cut, full).mean()), 4)
     return figures
@@ -180,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="DiffewS model folder (the read-out is saved in it)")
     parser.add_argument(
-        "--kind", choices=("head", "fast"), default="head", help="head: mask_head/ (default); fast: mask_decoder/"
+        "--kind",
+        choices=(*LEARNED_READOUTS, *OLD_READOUT_NAMES),
+        default="mask_head",
+        help="the read-out to train, saved in the model folder's sub-folder of that name (default: mask_head)",
     )
     parser.add_argument("--samples", type=int, default=4000, help="training latents")
     parser.add_argument("--val", type=int, default=500, help="held-out predictions for the agreement figure")
@@ -188,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--head-width", type=int, default=MaskHeadConfig.width, help="--kind head: the head's channels")
-    parser.add_argument("--latent-channels", type=int, default=MaskDecoderConfig.latent_channels, help="--kind fast")
+    parser.add_argument("--head-width", type=int, default=MaskHeadConfig.width, help="--kind mask_head: its channels")
     parser.add_argument(
-        "--up-channels", type=int, nargs=3, default=list(MaskDecoderConfig.up_channels), help="--kind fast"
+        "--latent-channels", type=int, default=MaskDecoderConfig.latent_channels, help="--kind mask_decoder"
+    )
+    parser.add_argument(
+        "--up-channels", type=int, nargs=3, default=list(MaskDecoderConfig.up_channels), help="--kind mask_decoder"
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing mask_head/ or mask_decoder/")
@@ -199,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         "--evaluate", action="store_true", help="train nothing: the agreement figures of the model's existing read-out"
     )
     args = parser.parse_args(argv)
-    out = args.model / READOUT_NETWORKS[args.kind]  # the folder of that name in the model folder
+    if args.kind in OLD_READOUT_NAMES:
+        print(f"note: --kind {args.kind} is now called --kind {OLD_READOUT_NAMES[args.kind]}", file=sys.stderr)
+        args.kind = OLD_READOUT_NAMES[args.kind]
+    out = args.model / args.kind  # the folder of that name in the model folder
     if out.exists() and not (args.overwrite or args.evaluate):
         raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
     if args.threads:
@@ -210,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     world = SyntheticWorld(resolution=model.resolution, seed=0)
     val = SyntheticFewShot(world, fold=fold, split="val", size=1000)
     if args.evaluate:
-        existing = getattr(model, READOUT_NETWORKS[args.kind])
+        existing = getattr(model, args.kind)
         if existing is None:
             raise SystemExit(f"error: {args.model} has no {out.name}/ to evaluate; train one first")
         val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     trn = SyntheticFewShot(world, fold=fold, split="trn", size=2000)
     train_latents, train_decoded = latent_pairs(model, EpisodeSampler(trn, 1), args.samples, args.seed + 1, GT_SHARE)
     val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
-    if args.kind == "head":
+    if args.kind == "mask_head":
         network = MaskHead(MaskHeadConfig(half_resolution_channels(model.vae), width=args.head_width))
         inputs = cached_features(model.vae, train_latents)
     else:
@@ -227,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         network, inputs = MaskDecoder(config), train_latents
     data_s = time.time() - start
     network, final_loss = train(
-        network, inputs, train_decoded, model.readout, args.steps, args.batch, args.lr, args.seed
+        network, inputs, train_decoded, model.threshold, args.steps, args.batch, args.lr, args.seed
     )
-    readout = HeadReadout(model.vae, network) if args.kind == "head" else network
+    readout = MaskHeadReadout(model.vae, network) if args.kind == "mask_head" else network
     figures = agreement(model, readout, val_latents, val_decoded)
     info = {
         "distilled_from": str(args.model),
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "agreement_held_out": figures,
         "wall_time_s": {"data": round(data_s, 1), "total": round(time.time() - start, 1)},
     }
-    (save_mask_head if args.kind == "head" else save_mask_decoder)(network, out, info)
+    save_readout(network, out, info)
     print(json.dumps(info, indent=1))
     return 0
 

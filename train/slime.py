@@ -36,7 +36,7 @@ from modeling.slime import TRAIN_TIMESTEPS, SlimeModel, SlimeSettings, default_t
 from modeling.slime_embedding import SlimeEmbedding, weights_hash
 from runtime.patches import Patching, segment_parts
 from segdata.layouts import LayoutError, read_labels, read_rgb
-from segdata.part_metrics import average, mean_part_ious
+from segdata.metrics import average, mean_part_ious
 from train.slime_data import PartAugmenter
 
 Example = tuple[np.ndarray, np.ndarray]  # (H, W, 3) uint8 image, (H, W) int labels

@@ -1,10 +1,22 @@
-"""SLiMe's evaluation metric (METHOD_SPEC 2.7): per-part IoU, averaged over the images where the part is present."""
+"""Mask metrics, numpy only: binary mask IoU, and SLiMe's per-part IoU (METHOD_SPEC 2.7).
+
+`mask_iou` compares two masks (agreement between backends, parity); the part metric is averaged
+over the images where the part is present. DiffewS's dataset-level mIoU / FB-IoU (HSNet's
+aggregation) lives in `train.evaluate`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import numpy as np
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two binary masks of one shape (foreground: nonzero); 1.0 when both are empty."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def image_part_ious(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[int, float]:

@@ -1,0 +1,237 @@
+"""A DiffewS engine directory from a model folder: two ONNX graphs cut at the support K/V bank, parity-checked.
+
+    from export.diffews_build import build_diffews
+    build_diffews("engines/fold0", model="runs/diffews-fold0", max_shots=5)
+    build_diffews("engines/sd21-random", random_arch="sd21", max_shots=2, parity_episodes=1)
+
+Steps (each logged with its time): load the PyTorch model with the explicit MatMul-Softmax-MatMul
+attention, export `support_encoder` and `query_segmenter` (`export.diffews_graphs`), optionally
+fuse operators with ONNX Runtime's transformer optimizer and convert to fp16, compare both graphs
+with PyTorch on synthetic held-out episodes at several image sizes and shot counts (the build
+fails when a declared tolerance is missed), then write `manifest.json` and `parity.md`
+(`export.engine_dir`). `python -m export.build_engine` is the command line over this function.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.diffews_graphs import QuerySegmenter, SupportEncoder, diffews_graph_specs, diffews_rules
+from export.engine_dir import (
+    BuildLog,
+    check_engine_output,
+    engine_directory,
+    export_graph_file,
+    graph_entry,
+    producer_versions,
+    write_parity,
+)
+from export.parity import ParityRow, compare_outputs, summarise
+from modeling.diffews import DiffewsModel
+from modeling.diffews_folder import load_diffews, model_hash, read_config
+from modeling.presets import PRETRAINED_DIR, RANDOM_ARCHS, random_diffews
+from runtime.contract import GraphSpec
+from runtime.manifest import Manifest
+from runtime.sections import QUERY_SEGMENTER, READOUTS, SUPPORT_ENCODER, DiffewsSection, FusedLayer, Readout
+from runtime.sessions import OnnxRuntimeGraph
+from segdata.episodes import Episode
+from segdata.samples import held_out_episodes
+
+DEFAULT_MODEL = PRETRAINED_DIR / "synth-diffews"
+MAX_PARITY_EPISODES = 3  # the model size, a wider and a taller one
+
+
+def build_diffews(
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike = DEFAULT_MODEL,
+    random_arch: str | None = None,
+    max_shots: int = 5,
+    resolution: int | None = None,
+    min_side: int = 32,
+    max_side: int = 4096,
+    precision: str = "fp32",
+    optimize: bool = False,
+    readout: str = "auto",
+    threads: int | None = None,
+    parity_episodes: int = MAX_PARITY_EPISODES,
+    tensorrt: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Builds the engine directory `out` from a DiffewS model; returns its path.
+
+    Args:
+        model: the model folder (`modeling.diffews_folder`; default: the shipped synth model).
+        random_arch: instead of `model`, this architecture with seeded random weights
+            (`modeling.presets.RANDOM_ARCHS`: "sd21"), for size and speed checks at full size.
+        max_shots: the largest support set the query graph takes.
+        resolution: the model resolution (a multiple of 64; default: the model's own).
+        min_side, max_side: the range of image sides the graphs accept.
+        precision: "fp32" or "fp16" graphs.
+        optimize: fuse operators with ONNX Runtime's transformer optimizer (not for TensorRT).
+        readout: the query graph's mask read-out, one of `runtime.sections.READOUTS` or "auto"
+            (the model's mask head where it has one, else the VAE decoder).
+        threads: ONNX Runtime threads for the parity runs.
+        parity_episodes: held-out episodes (1 to 3) the parity check runs on.
+        tensorrt: fail when TensorRT's ONNX parser cannot read a graph (the plans are built after).
+        overwrite: replace an existing engine directory.
+    Raises:
+        ValueError: an argument out of range; `ParityError` when a graph misses its tolerance;
+        `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
+    """
+    _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, readout, optimize, tensorrt)
+    log = BuildLog()
+    out = Path(out)
+    check_engine_output(out, overwrite)  # before the slow load
+    diffews, source = _load(Path(model), random_arch)
+    if resolution:
+        diffews.resolution = resolution
+    readout = choose_readout(readout, diffews)
+    log(f"loaded {source['source']} (resolution {diffews.resolution}, read-out {readout})")
+    layers = fused_layers(diffews)
+    specs = diffews_graph_specs(
+        layers, max_shots, min_side=min_side, opt_side=diffews.resolution, max_side=max_side, precision=precision
+    )
+    samples = held_out_episodes(diffews.resolution, min(2, max_shots), parity_episodes, fold=source["fold"])
+    with engine_directory(out, overwrite) as work:
+        graphs = _export(diffews, readout, specs, samples, work, log, precision, optimize, tensorrt)
+        rows = _parity(diffews, readout, specs, samples, graphs, threads, log)
+        write_parity(work, rows)
+        Manifest(
+            kind="diffews",
+            model={k: v for k, v in source.items() if k != "fold"},
+            resolution=diffews.resolution,
+            precision=precision,
+            graphs={
+                # the support encoder runs once per support set: reduced precision there only costs agreement
+                name: graph_entry(path, specs[name], reduced_precision=name != SUPPORT_ENCODER)
+                for name, path in graphs.items()
+            },
+            diffews=DiffewsSection(model_readout(diffews, readout), max_shots, tuple(layers)),
+            parity=[r.to_json() for r in summarise(rows)],
+            producer=producer_versions(),
+            rules=diffews_rules(specs, max_shots),
+        ).write(work)
+    log(f"engine directory ready: {out}")
+    return out
+
+
+def _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, readout, optimize, tensorrt) -> None:
+    if max_shots < 1:
+        raise ValueError(f"max_shots must be at least 1, got {max_shots}")
+    if resolution is not None and (resolution < 64 or resolution % 64):
+        raise ValueError(f"resolution must be a multiple of 64 (latent side divisible by 8), got {resolution}")
+    if not 8 <= min_side <= max_side:
+        raise ValueError(f"need 8 <= min_side <= max_side, got {min_side} and {max_side}")
+    if not 1 <= parity_episodes <= MAX_PARITY_EPISODES:
+        raise ValueError(f"parity_episodes must be 1 to {MAX_PARITY_EPISODES}, got {parity_episodes}")
+    if readout not in ("auto", *READOUTS):
+        raise ValueError(f"readout must be auto or one of {', '.join(READOUTS)}, got {readout!r}")
+    if tensorrt and optimize:
+        raise ValueError("optimizing writes ONNX Runtime-only operators that TensorRT cannot parse; drop one of them")
+
+
+def _load(model: Path, random_arch: str | None) -> tuple[DiffewsModel, dict]:
+    """The model to export (explicit-matmul attention) and what the manifest records of it (plus its fold)."""
+    if random_arch is not None:
+        if random_arch not in RANDOM_ARCHS:
+            raise ValueError(f"random_arch must be one of {', '.join(RANDOM_ARCHS)}, got {random_arch!r}")
+        preset = RANDOM_ARCHS[random_arch]
+        source = {"source": preset.source, "hash": preset.hash, "base": random_arch, "fold": 0}
+        return random_diffews(random_arch, attention="matmul"), source
+    config = read_config(model)
+    diffews = load_diffews(model, attention="matmul")
+    source = {"source": str(model), "hash": model_hash(model), "base": config.get("base")}
+    return diffews, {**source, "fold": int(config.get("data", {}).get("fold", 0))}
+
+
+def choose_readout(choice: str, model: DiffewsModel) -> str:
+    """ "auto" -> the model's mask head where it has one, else "vae"; a learned read-out the model lacks is an error."""
+    if choice == "auto":
+        return "mask_head" if model.mask_head is not None else "vae"
+    if choice != "vae" and getattr(model, choice) is None:
+        raise ValueError(
+            f"read-out {choice}, but the model has no {choice}/; train one with "
+            f"python -m train.mask_decoder --model DIR --kind {choice}"
+        )
+    return choice
+
+
+def model_readout(model: DiffewsModel, decoder: str) -> Readout:
+    """The manifest's read-out: the model's threshold (relative factor or absolute level) and the decoder."""
+    threshold = model.threshold
+    if threshold.relative is not None:
+        return Readout("relative", float(threshold.relative), decoder)
+    return Readout("absolute", float(threshold.absolute), decoder)
+
+
+def fused_layers(model: DiffewsModel) -> list[FusedLayer]:
+    """The bank's layers with their token and channel counts at the model resolution (one support pass)."""
+    side = model.resolution // 8
+    z = torch.zeros(1, 1, 4, side, side)
+    with torch.no_grad():
+        bank = model.support_bank(z, z)
+    return [FusedLayer(n, int(bank.keys[n].shape[1]), int(bank.keys[n].shape[2])) for n in model.fusion.layer_names]
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(array))  # a writable copy
+
+
+def _sample_name(episode: Episode) -> str:
+    height, width = episode.query_image.shape[:2]
+    return f"{width}x{height}, {episode.shots} shot(s)"
+
+
+def _query_feed(image, threshold, bank: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"image": image, "threshold": np.array(threshold, dtype=np.float32), **bank}
+
+
+def _export(model, readout, specs, samples, work, log, precision, optimize, tensorrt) -> dict[str, Path]:
+    first = samples[0]
+    support = SupportEncoder(model)
+    support_sample = {"image": _tensor(first.support_images[0]), "mask": _tensor(first.support_masks[0])}
+    with torch.no_grad():
+        bank = support(**support_sample)
+    names = specs[SUPPORT_ENCODER].output_names
+    query_sample = _query_feed(first.query_image, model_readout(model, readout).threshold, {})
+    query_sample = {k: _tensor(v) for k, v in query_sample.items()} | dict(zip(names, bank))
+    modules = {
+        SUPPORT_ENCODER: (support, support_sample, 0),
+        QUERY_SEGMENTER: (QuerySegmenter(model, readout), query_sample, len(bank)),
+    }
+    return {
+        name: export_graph_file(module, specs[name], sample, work, log, precision, optimize, tensorrt, packed)
+        for name, (module, sample, packed) in modules.items()
+    }
+
+
+def _parity(model, readout, specs: dict[str, GraphSpec], samples, graphs, threads, log) -> list[ParityRow]:
+    log("parity against PyTorch ...")
+    support_graph = OnnxRuntimeGraph(graphs[SUPPORT_ENCODER], specs[SUPPORT_ENCODER], threads=threads)
+    query_graph = OnnxRuntimeGraph(graphs[QUERY_SEGMENTER], specs[QUERY_SEGMENTER], threads=threads)
+    support, query = SupportEncoder(model), QuerySegmenter(model, readout)
+    names = specs[SUPPORT_ENCODER].output_names
+    threshold = model_readout(model, readout).threshold
+    rows = []
+    for sample in samples:
+        name = _sample_name(sample)
+        shot_banks = []
+        for image, mask in zip(sample.support_images, sample.support_masks):
+            with torch.no_grad():
+                want = [t.numpy() for t in support(_tensor(image), _tensor(mask))]
+            got = support_graph.run({"image": image, "mask": mask})
+            rows += compare_outputs(specs[SUPPORT_ENCODER], name, got, want)
+            shot_banks.append(want)
+        # torch's bank for both: isolates the query graph's own error
+        bank = {n: np.concatenate(parts, axis=0) for n, parts in zip(names, zip(*shot_banks))}
+        feed = _query_feed(sample.query_image, threshold, bank)
+        with torch.no_grad():
+            want = [query(*(_tensor(feed[n]) for n in specs[QUERY_SEGMENTER].input_names)).numpy()]
+        rows += compare_outputs(specs[QUERY_SEGMENTER], name, query_graph.run(feed), want)
+    log(f"parity checked on {len(samples)} episodes")
+    return rows

@@ -1,0 +1,82 @@
+"""The same calls on every backend: PyTorch (`modeling.predictor`) and the engines (`runtime`) give one answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export import build_engine
+from modeling.predictor import TorchFewShotSegmenter
+from runtime.fewshot import FewShotSegmenter
+from segdata.metrics import mask_iou
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+@pytest.fixture(scope="module")
+def segmenters(built):
+    folder, engines = built
+    made = {"torch": TorchFewShotSegmenter.from_folder(folder, max_shots=3)}
+    for backend in BACKENDS[1:]:
+        made[backend] = FewShotSegmenter.from_dir(engines, backend=backend)
+    return made
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_gives_the_pytorch_masks(segmenters, episodes, backend):
+    reference, segmenter = segmenters["torch"], segmenters[backend]
+    for ep in episodes:
+        for shots in (1, 2):
+            images, masks = ep.support_images[:shots], ep.support_masks[:shots]
+            reference.set_support(images, masks)
+            segmenter.set_support(images, masks)
+            want, got = reference.segment(ep.query_image), segmenter.segment(ep.query_image)
+            assert got.dtype == want.dtype == np.uint8 and got.shape == want.shape == ep.query_image.shape[:2]
+            assert mask_iou(got, want) >= 0.98, (backend, shots)
+            assert segmenter.shots == shots
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_repeats_itself_and_reads_thresholds_alike(segmenters, episodes, backend):
+    segmenter = segmenters[backend]
+    ep = episodes[0]
+    segmenter.set_support(ep.support_images, ep.support_masks)
+    first = segmenter.segment(ep.query_image)
+    assert np.array_equal(first, segmenter.segment(ep.query_image))
+    low, high = segmenter.segment(ep.query_image, 0.05), segmenter.segment(ep.query_image, 0.9)
+    assert low.sum() >= first.sum() >= high.sum() and low.sum() > high.sum()
+    with pytest.raises(ValueError, match="threshold must be in"):
+        segmenter.segment(ep.query_image, 1.5)
+    assert len(segmenter.segment_batch([ep.query_image] * 2)) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_refuses_bad_supports_with_the_same_words(segmenters, episodes, backend):
+    segmenter = segmenters[backend]
+    image, mask = episodes[0].support_images[0], episodes[0].support_masks[0]
+    with pytest.raises(ValueError, match="mask is empty"):
+        segmenter.set_support(image, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="2 support images but 1 masks"):
+        segmenter.set_support([image, image], [mask])
+    with pytest.raises(ValueError, match="segment_batch takes a list"):
+        segmenter.segment_batch(image)
+
+
+def test_torch_predictor_swaps_the_bank_whole(segmenters, episodes):
+    reference = segmenters["torch"]
+    reference.set_support(episodes[0].support_images, episodes[0].support_masks)
+    with pytest.raises(ValueError):
+        reference.set_support(episodes[1].support_images[0], np.zeros_like(episodes[1].support_masks[0]))
+    assert reference.shots == 2  # the failed call left the old support set in place
+
+
+def test_build_engine_refuses_flags_of_the_other_method(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_engine.parse_args(["--slime", "e.safetensors", "--out", str(tmp_path / "e"), "--max-shots", "3"])
+    assert "--max-shots does not apply with --slime" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_engine.parse_args(["--out", str(tmp_path / "e"), "--patch-size", "48", "--parity-images", "1"])
+    assert "--patch-size, --parity-images do not apply without --slime" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_engine.parse_args(["--out", str(tmp_path / "e"), "--random-arch", "sd21", "--model", "m"])
+    assert not (tmp_path / "e").exists()
