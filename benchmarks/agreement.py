@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from modeling.diffews_folder import model_hash, read_config
+from modeling.diffews_folder import read_config, source_folder
 from modeling.predictor import TorchFewShotSegmenter
+from modeling.presets import ModelFolderError
 from runtime.backends import BACKENDS
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
@@ -75,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads, backend=args.backend)
-    folder = args.model or Path(segmenter.manifest.model["source"])
-    if model_hash(folder) != segmenter.manifest.model["hash"]:
-        raise SystemExit(f"error: {folder} is not the model these engines were built from (hash differs)")
+    try:
+        folder = source_folder(segmenter.manifest.model, args.model)
+    except ModelFolderError as err:
+        raise SystemExit(f"error: {err}") from err
     reference = TorchFewShotSegmenter.from_folder(folder)  # fp32, the VAE read-out: the method's own pipeline
     fold = int(read_config(folder).get("data", {}).get("fold", 0))
     r = reference.model.resolution

@@ -42,9 +42,10 @@ from benchmarks.latency_report import READOUT_ROWS, assemble, markdown, plot
 from benchmarks.memory import PeakResident
 from benchmarks.stage_split import openvino_split, profiled_split
 from modeling.diffews import DiffewsModel
-from modeling.diffews_folder import load_diffews, model_hash
-from modeling.presets import RANDOM_ARCHS, random_diffews
+from modeling.diffews_folder import load_diffews, source_folder
+from modeling.presets import RANDOM_ARCHS, ModelFolderError, random_diffews
 from runtime.backends import BACKENDS, OPENVINO_PRECISIONS
+from runtime.cli import refuse_to_overwrite
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from runtime.manifest import Manifest
@@ -205,10 +206,10 @@ def load_models(engines: list[Path]) -> tuple[DiffewsModel, Manifest]:
     random = {arch.hash: name for name, arch in RANDOM_ARCHS.items()}
     if manifest.model["hash"] in random:
         return random_diffews(random[manifest.model["hash"]]), manifest
-    folder = Path(manifest.model["source"])
-    if model_hash(folder) != manifest.model["hash"]:
-        raise SystemExit(f"error: {folder} is not the model {engines} was built from (hash differs)")
-    return load_diffews(folder), manifest
+    try:
+        return load_diffews(source_folder(manifest.model)), manifest
+    except ModelFolderError as err:
+        raise SystemExit(f"error: {engines}: {err}") from err
 
 
 def sample_episode(resolution: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -252,8 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
     args = parser.parse_args(argv)
     outputs = [args.out / f"latency.{ext}" for ext in ("json", "md", "png")]
-    if any(p.exists() for p in outputs) and not args.overwrite:
-        raise SystemExit(f"error: {args.out} already holds results; pass --overwrite to replace them")
+    refuse_to_overwrite(outputs, args.overwrite)
     if args.engines is None:
         args.engines = ensure_sd21_engines(args.threads) if args.arch == "sd21" else [Path("engines/synth-diffews")]
     if args.backends is None:

@@ -26,6 +26,7 @@ from runtime.files import write_text
 from runtime.manifest import Manifest
 from runtime.openvino_graph import openvino_config
 from runtime.sections import QUERY_SEGMENTER
+from segdata.samples import held_out_episodes, resize_array
 
 SETTINGS = {"snippets on (before)": False, "snippets off (default)": True}
 
@@ -42,19 +43,8 @@ def cpu_name() -> str:
 
 def episode(side: int, shots: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Held-out synthetic supports and a query at the model's side."""
-    from segdata.episodes import EpisodeSampler
-    from segdata.synthetic import SyntheticFewShot
-    from segdata.world import SyntheticWorld
-
-    source = SyntheticFewShot(SyntheticWorld(resolution=side, seed=0), fold=0, split="val", size=100)
-    ep = next(iter(EpisodeSampler(source, shots).fixed_episodes(1, seed=3)))
-    return ep.support_images, [m.astype(np.uint8) for m in ep.support_masks], ep.query_image
-
-
-def resized(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    (ep,) = held_out_episodes(side, shots, 1, seed=3, pool=100, world_seed=0)
+    return ep.support_images, ep.support_masks, ep.query_image
 
 
 def measure(engines: Path, precision: str, sizes: list[tuple[int, int]], runs: int, threads: int | None) -> dict:
@@ -74,7 +64,7 @@ def measure(engines: Path, precision: str, sizes: list[tuple[int, int]], runs: i
         compiled[name] = core.compile_model(model, "CPU", config).create_infer_request()
     rows = []
     for height, width in sizes:
-        feed = {"image": resized(query, height, width), "threshold": np.array(0.25, np.float32), **segmenter.bank}
+        feed = {"image": resize_array(query, width, height), "threshold": np.array(0.25, np.float32), **segmenter.bank}
         outputs = {name: set() for name in SETTINGS}
         times = {name: [] for name in SETTINGS}
         for request in compiled.values():  # warm up: the first run of a shape prepares its kernels

@@ -23,6 +23,7 @@ import torch
 from export.diffews_graphs import QuerySegmenter, SupportEncoder, diffews_graph_specs, diffews_rules
 from export.engine_dir import (
     BuildLog,
+    check_common_arguments,
     check_engine_output,
     engine_directory,
     export_graph_file,
@@ -125,14 +126,9 @@ def _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes,
         raise ValueError(f"max_shots must be at least 1, got {max_shots}")
     if resolution is not None and (resolution < 64 or resolution % 64):
         raise ValueError(f"resolution must be a multiple of 64 (latent side divisible by 8), got {resolution}")
-    if not 8 <= min_side <= max_side:
-        raise ValueError(f"need 8 <= min_side <= max_side, got {min_side} and {max_side}")
-    if not 1 <= parity_episodes <= MAX_PARITY_EPISODES:
-        raise ValueError(f"parity_episodes must be 1 to {MAX_PARITY_EPISODES}, got {parity_episodes}")
     if readout not in ("auto", *READOUTS):
         raise ValueError(f"readout must be auto or one of {', '.join(READOUTS)}, got {readout!r}")
-    if tensorrt and optimize:
-        raise ValueError("optimizing writes ONNX Runtime-only operators that TensorRT cannot parse; drop one of them")
+    check_common_arguments(min_side, max_side, parity_episodes, MAX_PARITY_EPISODES, optimize, tensorrt)
 
 
 def _load(model: Path, random_arch: str | None) -> tuple[DiffewsModel, dict]:

@@ -21,20 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.resize import resize_antialiased
+from export.resize import image_to_model
 from modeling.diffews import TIMESTEP, DiffewsModel
 from modeling.kv_fusion import KVBank
 from runtime.contract import GraphSpec, TensorSpec, Tolerance, pixel_spec
 from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, THRESHOLD_RANGE, FusedLayer, bank_names
-
-
-def _image_to_model(image: torch.Tensor, resolution: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, R, R) in [-1, 1]; bilinear with antialiasing, as `DiffewsModel` resizes.
-
-    As matrix products rather than an antialiased ONNX `Resize`, which TensorRT cannot parse.
-    """
-    x = image.float().permute(2, 0, 1)[None] / 127.5 - 1.0  # float first: TensorRT keeps uint8 at the edges only
-    return resize_antialiased(x, (resolution, resolution))
 
 
 def _mask_to_model(mask: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -53,7 +44,7 @@ class SupportEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         model = self.model
-        z_image = model.encode(_image_to_model(image, model.resolution))
+        z_image = model.encode(image_to_model(image, model.resolution))
         z_mask = model.encode(_mask_to_model(mask, model.resolution))
         # The whole support stream runs (an exception cannot stop a traced graph early); the
         # layers after the last self-attention feed no output and the exporter drops them.
@@ -80,7 +71,7 @@ class QuerySegmenter(nn.Module):
             raise ValueError(f"expected {2 * len(names)} bank tensors (keys then values), got {len(bank)}")
         tokens = [t.reshape(1, -1, t.shape[-1]) for t in bank]  # (S, N, C) -> (1, S*N, C): shot after shot
         kv = KVBank(dict(zip(names, tokens[: len(names)])), dict(zip(names, tokens[len(names) :])), bank[0].shape[0])
-        z_query = model.encode(_image_to_model(image, model.resolution))
+        z_query = model.encode(image_to_model(image, model.resolution))
         with model.fusion.reading(kv):
             output = model.unet(z_query, TIMESTEP, encoder_hidden_states=model.empty_embedding).sample
         decoded = model.decode_mask_images(-output, self.readout)

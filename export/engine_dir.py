@@ -44,6 +44,18 @@ class BuildLog:
         print(f"[{time.time() - self.start:7.1f} s] {message}", flush=True)
 
 
+def check_common_arguments(
+    min_side: int, max_side: int, samples: int, max_samples: int, optimize: bool, tensorrt: bool
+):
+    """Raises ValueError for build arguments every method shares that are out of range or contradict each other."""
+    if not 8 <= min_side <= max_side:
+        raise ValueError(f"need 8 <= min_side <= max_side, got {min_side} and {max_side}")
+    if not 1 <= samples <= max_samples:
+        raise ValueError(f"the parity check runs on 1 to {max_samples} samples, got {samples}")
+    if tensorrt and optimize:
+        raise ValueError("optimizing writes ONNX Runtime-only operators that TensorRT cannot parse; drop one of them")
+
+
 def check_engine_output(out: Path, overwrite: bool) -> None:
     """Raises `runtime.files.OutputError` unless an engine directory may be written at `out`.
 

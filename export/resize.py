@@ -35,3 +35,12 @@ def resize_antialiased(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     rows = antialias_weights(x.shape[-2], size[0])  # (out_h, H)
     cols = antialias_weights(x.shape[-1], size[1])  # (out_w, W)
     return rows @ x @ cols.T
+
+
+def image_to_model(image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, R, R) in [-1, 1], antialiased bilinear: every graph's image input.
+
+    The pixels become float first: TensorRT keeps uint8 only at a network's edges.
+    """
+    x = image.float().permute(2, 0, 1)[None] / 127.5 - 1.0
+    return resize_antialiased(x, (resolution, resolution))

@@ -19,6 +19,7 @@ import torch
 
 from export.engine_dir import (
     BuildLog,
+    check_common_arguments,
     check_engine_output,
     engine_directory,
     export_graph_file,
@@ -65,12 +66,7 @@ def build_slime(
     Raises:
         ValueError (`EmbeddingFileError` for an unreadable embedding), `ParityError`, `runtime.files.OutputError`.
     """
-    if not 8 <= min_side <= max_side:
-        raise ValueError(f"need 8 <= min_side <= max_side, got {min_side} and {max_side}")
-    if not 1 <= parity_images <= MAX_PARITY_IMAGES:
-        raise ValueError(f"parity_images must be 1 to {MAX_PARITY_IMAGES}, got {parity_images}")
-    if tensorrt and optimize:
-        raise ValueError("optimizing writes ONNX Runtime-only operators that TensorRT cannot parse; drop one of them")
+    check_common_arguments(min_side, max_side, parity_images, MAX_PARITY_IMAGES, optimize, tensorrt)
     log = BuildLog()
     out, embedding = Path(out), Path(embedding)
     check_engine_output(out, overwrite)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.resize import resize_antialiased
+from export.resize import image_to_model
 from modeling.slime import SlimeModel
 from runtime.contract import GraphSpec, Tolerance, pixel_spec
 from runtime.sections import PART_SEGMENTER
@@ -31,8 +31,7 @@ class PartSegmenterGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         model = self.model
-        x = image.float().permute(2, 0, 1)[None] / 127.5 - 1.0  # [1, 3, h, w]
-        x = resize_antialiased(x, (model.resolution, model.resolution))
+        x = image_to_model(image, model.resolution)  # [1, 3, R, R]
         return model.score_maps(x, (image.shape[0], image.shape[1]))[0]  # [K, h, w]
 
 

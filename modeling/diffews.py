@@ -25,13 +25,13 @@ import torch.utils.checkpoint
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
-from modeling.imaging import images_to_tensor, masks_to_tensor
+from modeling.imaging import images_to_tensor, masks_to_tensor, vae_latents
 from modeling.kv_fusion import KVBank, KVFusion
 from modeling.readouts import LEARNED_READOUTS, MaskThreshold
+from modeling.text_embeddings import empty_text_embedding
 from runtime.sections import READOUTS
 
 TIMESTEP = 1  # the only timestep DiffewS ever uses, in training and inference
-EMPTY_PROMPT_TOKENS = (77, 2)  # 77: padded, as training sees it (default); 2: the released inference code
 
 
 class StreamConvIn(nn.Module):
@@ -95,25 +95,6 @@ def load_unet_state_dict(unet: UNet2DConditionModel, state: dict[str, torch.Tens
     unet.load_state_dict(renamed, strict=True)
 
 
-@torch.no_grad()
-def empty_text_embedding(text_encoder, tokenizer, tokens: int = 77) -> torch.Tensor:
-    """(1, tokens, D): the text encoder's output for the empty prompt.
-
-    tokens=77 pads "" to the full context, as the authors' training does (default); tokens=2
-    keeps just BOS and EOS, as their inference pipeline does (`padding="do_not_pad"`).
-    """
-    if tokens not in EMPTY_PROMPT_TOKENS:
-        raise ValueError(f"tokens must be one of {EMPTY_PROMPT_TOKENS}, got {tokens}")
-    if tokens == 77:
-        ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-    else:
-        ids = tokenizer("", padding="do_not_pad", return_tensors="pt")
-    ids = ids.input_ids.to(text_encoder.device)
-    if ids.shape[1] != tokens:
-        raise ValueError(f"the tokenizer gave {ids.shape[1]} tokens for the empty prompt, expected {tokens}")
-    return text_encoder(ids)[0].float()
-
-
 class DiffewsModel(nn.Module):
     """The DiffewS network: KV-fusion UNet with `conv_in_ref`, frozen VAE, fixed empty-text embedding.
 
@@ -164,9 +145,7 @@ class DiffewsModel(nn.Module):
     # ------------------------------------------------------------------ latents
     def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """(B, 3, R, R) in [-1, 1] -> (B, 4, R/8, R/8) scaled latents (posterior mean, or a sample)."""
-        posterior = self.vae.encode(x).latent_dist
-        z = posterior.sample() if sample else posterior.mean
-        return z * self.vae.config.scaling_factor
+        return vae_latents(self.vae, x, sample=sample)
 
     def decode_mask_images(self, mask_latents: torch.Tensor, readout: str = "vae") -> torch.Tensor:
         """(B, 4, h, w) predicted mask latents -> (B, 3, H, W) decoded mask images in about [-1, 1].

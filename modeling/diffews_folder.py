@@ -127,3 +127,22 @@ def model_hash(folder: str | os.PathLike) -> str:
             digest.update(name.encode())
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def source_folder(model: dict, folder: str | os.PathLike | None = None) -> Path:
+    """The model folder an engine directory was built from (its manifest's `model`), checked by hash.
+
+    Args:
+        model: the manifest's `model` entry ({"source": folder, "hash": model_hash}).
+        folder: look here instead of the recorded source (the folder moved, or another machine).
+    Raises:
+        ModelFolderError when the folder is missing or holds another model than the engines'.
+    """
+    folder = Path(folder if folder is not None else model["source"])
+    read_config(folder)  # a clear error when it is no model folder at all
+    if model_hash(folder) != model["hash"]:
+        raise ModelFolderError(
+            f"{folder} is not the model these engines were built from (its hash differs); "
+            "pass the right model folder, or rebuild the engines from this one"
+        )
+    return folder

@@ -37,10 +37,20 @@ def tensor_to_masks(x: torch.Tensor, threshold: float = 0.0) -> np.ndarray:
     return (x.detach().float().mean(dim=1) > threshold).cpu().numpy()
 
 
+def vae_latents(
+    vae: AutoencoderKL, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8) latents scaled by the VAE's factor: the posterior mean,
+    or with `sample` a draw from it (from `generator`, else the global RNG)."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.sample(generator) if sample else posterior.mean
+    return z * vae.config.scaling_factor
+
+
 @torch.no_grad()
 def encode_mean(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8) scaled latents from the posterior mean."""
-    return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    """(B, 3, H, W) in [-1, 1] -> (B, 4, H/8, W/8) scaled latents from the posterior mean (no gradients)."""
+    return vae_latents(vae, x)
 
 
 @torch.no_grad()

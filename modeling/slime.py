@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from modeling.diffews import empty_text_embedding
-from modeling.imaging import images_to_tensor
+from modeling.imaging import images_to_tensor, vae_latents
 from modeling.slime_attention import SlimeAttention, SlimeLayers, layers_for
+from modeling.text_embeddings import empty_text_embedding, text_embedding
 
 PROMPT_WORD = "part"
 CE_WEIGHT, WAS_WEIGHT, SD_WEIGHT = 1.0, 1.0, 0.005  # alpha = 1.0, beta = 0.005 (Table 6's best)
@@ -79,13 +79,6 @@ class SlimeSettings:
 def prompt_for(num_classes: int) -> str:
     """The prompt whose K first output rows SLiMe reads: "part" repeated K times."""
     return " ".join([PROMPT_WORD] * num_classes)
-
-
-@torch.no_grad()
-def text_embedding(text_encoder, tokenizer, prompt: str) -> torch.Tensor:
-    """(1, 77, D): the text encoder's last hidden state for `prompt`, padded to 77 tokens."""
-    ids = tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0].float()
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -180,9 +173,7 @@ class SlimeModel(nn.Module):
         """(B, 3, R, R) in [-1, 1] -> (B, 4, s, s) scaled latents: a posterior sample with a generator, else the mean."""
         if self.settings.bgr:
             x = x.flip(1)
-        posterior = self.vae.encode(x).latent_dist
-        z = posterior.sample(generator) if generator is not None else posterior.mean
-        return z * self.vae.config.scaling_factor
+        return vae_latents(self.vae, x, sample=generator is not None, generator=generator)
 
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor | int) -> torch.Tensor:
         """DDPM forward process q(z_t | z_0) (what `scheduler.add_noise` does)."""

@@ -36,6 +36,23 @@ _SYSTEM_HINTS = {
 }
 
 
+def overwrite_refusal(paths, overwrite: bool) -> str | None:
+    """The one-line refusal when some of `paths` exist and --overwrite was not given, else None."""
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if overwrite or not existing:
+        return None
+    if len(existing) == 1:
+        return f"{existing[0]} exists; pass --overwrite to replace it (nothing was written)"
+    return f"{existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them (nothing was written)"
+
+
+def refuse_to_overwrite(paths, overwrite: bool) -> None:
+    """Exits with `error: ...` (status 1) before any work when an output exists without --overwrite."""
+    message = overwrite_refusal(paths, overwrite)
+    if message:
+        raise SystemExit(f"error: {message}")
+
+
 def check_outputs(folder: Path, stems: list[str], kinds: tuple[str, ...], overwrite: bool) -> list[Path]:
     """`folder/STEM_KIND.png` for every input stem and output kind, checked before any work is done.
 
@@ -45,9 +62,9 @@ def check_outputs(folder: Path, stems: list[str], kinds: tuple[str, ...], overwr
     if len(set(stems)) != len(stems):
         raise ValueError("input file names must differ (outputs are named after them)")
     outputs = [folder / f"{stem}_{kind}.png" for stem in stems for kind in kinds]
-    existing = [p for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise OutputError(f"{existing[0]} (and {len(existing) - 1} more) exist; pass --overwrite to replace them")
+    message = overwrite_refusal(outputs, overwrite)
+    if message:
+        raise OutputError(message)
     check_output_folder(folder)
     return outputs
 

@@ -99,7 +99,7 @@ class FewShotSegmenter:
             backend: "auto" (default: `openvino-bf16` on a CPU with bf16, else `onnxruntime`),
                 "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt"
                 or "tensorrt" (see `runtime.backends`). "onnxruntime" or "openvino" give the PyTorch
-                pipeline's masks exactly; bf16 moves some edge pixels (README, latency section).
+                pipeline's masks exactly; bf16 moves some edge pixels (docs/benchmarks.md, agreement).
         """
         return cls(Path(directory), Manifest.read(directory, verify=verify), providers, threads, backend)
 

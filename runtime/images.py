@@ -181,14 +181,6 @@ def check_pair(image: np.ndarray, mask: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: the mask is empty; a support needs at least one foreground pixel")
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 64, 32), alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 image with the (H, W) mask tinted in `colour`."""
-    out = image.astype(np.float32)
-    m = mask.astype(bool)
-    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(colour, np.float32)
-    return out.round().astype(np.uint8)
-
-
 def save_png(array: np.ndarray, path: Path, overwrite: bool) -> Path:
     """Writes a uint8 array as a PNG through a temporary file (`runtime.files`): a failed write keeps the old file."""
     with replacing_file(path, overwrite) as tmp:

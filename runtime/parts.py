@@ -33,7 +33,7 @@ from runtime.images import ImageLike, load_image, save_png
 from runtime.manifest import EngineDirError, Manifest
 from runtime.patches import Patching, labels_from_scores, patched_scores
 from runtime.sections import PART_SEGMENTER
-from segdata.visualize import colourize_labels
+from segdata.visualize import colourize_labels, overlay_mask
 
 
 class PartSegmenter:
@@ -105,10 +105,7 @@ class PartSegmenter:
 
     def overlay(self, image: ImageLike, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
         """(H, W, 3) uint8: the image with each part tinted in its colour (background untouched)."""
-        out = load_image(image).astype(np.float32)
-        parts = labels > 0
-        out[parts] = (1 - alpha) * out[parts] + alpha * colourize_labels(labels)[parts]
-        return out.round().astype(np.uint8)
+        return overlay_mask(load_image(image), labels > 0, colourize_labels(labels), alpha, outline=False)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

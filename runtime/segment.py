@@ -25,7 +25,8 @@ from runtime.backends import BACKENDS
 from runtime.cli import check_outputs, reporting_errors
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import check_writable
-from runtime.images import load_image, overlay, save_png
+from runtime.images import load_image, save_png
+from segdata.visualize import overlay_mask
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         image = load_image(query, f"query {query}")
         mask = segmenter.segment(image, threshold=args.threshold)
         save_png(mask * np.uint8(255), args.out / f"{name}_mask.png", args.overwrite)
-        save_png(overlay(image, mask), args.out / f"{name}_overlay.png", args.overwrite)
+        save_png(
+            overlay_mask(image, mask, (255, 64, 32), outline=False), args.out / f"{name}_overlay.png", args.overwrite
+        )
     query_s = time.time() - start
     print(
         f"{segmenter.shots} support shot(s) in {support_s * 1000:.0f} ms; {len(args.query)} queries in "

@@ -126,25 +126,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def diffews_demo(world: SyntheticWorld, out: Path, episodes: int = 4) -> None:
-    """The shipped DiffewS model on held-out categories of its fold: support bank once, then the query."""
-    from modeling.diffews_folder import load_diffews, read_config
+    """The shipped DiffewS model on held-out categories of its fold: support bank once, then the query.
+
+    The PyTorch model behind the runtime's calls (`modeling.predictor`): set_support, then segment.
+    """
+    from modeling.diffews_folder import read_config
+    from modeling.predictor import TorchFewShotSegmenter
     from modeling.presets import PRETRAINED_DIR
+    from segdata.metrics import mask_iou
 
     print("4. DiffewS (PyTorch) on held-out categories, the shipped model")
     folder = PRETRAINED_DIR / "synth-diffews"
-    model = load_diffews(folder)
+    segmenter = TorchFewShotSegmenter.from_folder(folder)
     val = SyntheticFewShot(world, fold=read_config(folder)["data"]["fold"], split="val", size=400)
     tiles, labels = [], []
     for shots in (1, 5):
         for episode in EpisodeSampler(val, shots).fixed_episodes(episodes, seed=7):
             t = time.perf_counter()
-            bank = model.bank_from_pixels(np.stack(episode.support_images)[None], np.stack(episode.support_masks)[None])
+            segmenter.set_support(episode.support_images, episode.support_masks)
             t_bank = time.perf_counter() - t
             t = time.perf_counter()
-            pred = model.segment(episode.query_image[None], bank)[0]
+            pred = segmenter.segment(episode.query_image)
             t_query = time.perf_counter() - t
-            gt = episode.query_mask.astype(bool)
-            iou = (pred & gt).sum() / max((pred | gt).sum(), 1)
+            iou = mask_iou(pred, episode.query_mask)
             name = CATEGORIES[episode.category].name
             print(
                 f"   {shots}-shot {name:<24} IoU {iou:.2f}   support bank {t_bank * 1e3:.0f} ms, query {t_query * 1e3:.0f} ms"
@@ -166,6 +170,12 @@ def runtime_demo(out: Path) -> None:
     build = [sys.executable, "-m", "export.build_engine", "--out", str(engines), "--max-shots", "5", "--overwrite"]
     subprocess.run(build, check=True)
     print(f"   engines built in {time.perf_counter() - t:.1f} s")
+    from modeling.predictor import TorchFewShotSegmenter
+    from runtime.manifest import Manifest
+    from segdata.metrics import mask_iou
+
+    manifest = Manifest.read(engines)
+    torch_model = TorchFewShotSegmenter.from_folder(manifest.model["source"], manifest.diffews.readout.decoder)
     for folder in sorted(EXAMPLES.iterdir()):
         supports = sorted(folder.glob("support_?.png"))
         queries = sorted(folder.glob("query_?.png"))
@@ -175,11 +185,14 @@ def runtime_demo(out: Path) -> None:
         segment += ["--query", *map(str, queries), "--out", str(out / "runtime" / folder.name)]
         print(f"   {folder.name}: {len(supports)} supports, {len(queries)} queries")
         subprocess.run(segment, check=True)
+        # The same calls on the PyTorch model, with the read-out the engines were built with.
+        torch_model.set_support([str(p) for p in supports], [str(p.with_name(p.stem + "_mask.png")) for p in supports])
         for query in queries:
             pred = np.asarray(Image.open(out / "runtime" / folder.name / f"{query.stem}_mask.png")) > 0
             truth = np.asarray(Image.open(query.with_name(query.stem + "_truth.png"))) > 0
             print(
-                f"   {query.name}: IoU with the ground truth {(pred & truth).sum() / max((pred | truth).sum(), 1):.2f}"
+                f"   {query.name}: IoU with the ground truth {mask_iou(pred, truth):.2f}, "
+                f"with the PyTorch model's mask {mask_iou(pred, torch_model.segment(str(query))):.3f}"
             )
 
 

@@ -24,13 +24,22 @@ PALETTE = np.array(
 )
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, colour=(255, 40, 40), alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8: `image` with the pixels of the (H, W) binary `mask` tinted and outlined."""
+def overlay_mask(
+    image: np.ndarray, mask: np.ndarray, colour=(255, 40, 40), alpha: float = 0.5, outline: bool = True
+) -> np.ndarray:
+    """(H, W, 3) uint8: `image` with the pixels of the (H, W) binary `mask` tinted (and outlined).
+
+    Args:
+        colour: one RGB colour, or an (H, W, 3) array of per-pixel colours (a colourised label map).
+        outline: draw the mask's one-pixel border in full colour.
+    """
     out = image.astype(np.float32)
     m = mask.astype(bool)
-    out[m] = out[m] * (1 - alpha) + np.asarray(colour, np.float32) * alpha
-    edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-    out[edge] = colour
+    colours = np.broadcast_to(np.asarray(colour, np.float32), out.shape)
+    out[m] = out[m] * (1 - alpha) + colours[m] * alpha
+    if outline:
+        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+        out[edge] = colours[edge]
     return out.round().astype(np.uint8)
 
 

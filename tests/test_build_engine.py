@@ -20,17 +20,16 @@ from runtime.manifest import Manifest
 from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, FusedLayer, Readout
 from runtime.sessions import OnnxRuntimeGraph
 from segdata.metrics import mask_iou
-
-
-def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    return np.asarray(Image.fromarray(array).resize(size, Image.NEAREST if nearest else Image.BILINEAR))
+from segdata.samples import resize_array
 
 
 def test_engine_directory_is_complete_and_checked(built):
     folder, engines = built
     manifest = Manifest.read(engines)
     assert manifest.kind == "diffews" and manifest.model["hash"] == model_hash(folder)
-    assert manifest.diffews.max_shots == 3 and manifest.resolution == 64  # as the `built` fixture (conftest) builds them
+    assert (
+        manifest.diffews.max_shots == 3 and manifest.resolution == 64
+    )  # as the `built` fixture (conftest) builds them
     assert manifest.diffews.readout == Readout("relative", 0.25, "vae")
     assert set(manifest.graphs) == {SUPPORT_ENCODER, QUERY_SEGMENTER}
     assert len(manifest.diffews.layers) == len(load_diffews(folder).fusion.layer_names)
@@ -40,7 +39,7 @@ def test_engine_directory_is_complete_and_checked(built):
         model = onnx.load(str(engines / entry.file))
         assert model.ir_version == 10  # readable by onnxruntime 1.20+
         assert [i.name for i in model.graph.input] == entry.spec.input_names
-    assert (engines / "parity.md").read_text().count("| yes |") == 2
+    assert (engines / "parity.md").is_file() and len(manifest.parity) == 2  # the worst row of each graph
     assert not list(engines.parent.glob("*partial*"))
 
 
@@ -51,9 +50,9 @@ def test_runtime_agrees_with_the_pytorch_pipeline(built, episodes):
     sizes = [(64, 64), (96, 64), (64, 80), (50, 70)]
     foreground = []
     for episode, size in zip(episodes, sizes):
-        supports = [_resize(im, size) for im in episode.support_images]
-        masks = [_resize(m.astype(np.uint8), size, nearest=True) for m in episode.support_masks]
-        query = _resize(episode.query_image, (size[1], size[0]))  # a query of another size than its supports
+        supports = [resize_array(im, *size) for im in episode.support_images]
+        masks = [resize_array(m.astype(np.uint8), *size, nearest=True) for m in episode.support_masks]
+        query = resize_array(episode.query_image, size[1], size[0])  # a query of another size than its supports
         for shots in (1, 2):
             segmenter.set_support(supports[:shots], masks[:shots])
             got = segmenter.segment(query)

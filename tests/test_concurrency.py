@@ -22,15 +22,16 @@ THREADS, QUERIES = 8, 50
 
 
 @pytest.fixture(scope="module")
-def episodes():
+def query_episodes():
+    """Six 2-shot episodes of another world seed: enough query images for QUERIES distinct queries."""
     source = SyntheticFewShot(SyntheticWorld(resolution=64, seed=5), fold=0, split="val", size=120)
     return list(EpisodeSampler(source, 2).fixed_episodes(6, seed=2))
 
 
-def _queries(episodes) -> list[np.ndarray]:
-    """QUERIES distinct queries: the episodes' query images at several crops (several sizes)."""
+def _queries(query_episodes) -> list[np.ndarray]:
+    """QUERIES distinct queries: the query_episodes' query images at several crops (several sizes)."""
     crops = [(64, 64), (48, 64), (64, 40), (56, 56), (40, 48), (64, 52), (36, 60), (50, 50), (60, 44)]
-    images = [ep.query_image[:h, :w] for ep in episodes for h, w in crops]
+    images = [ep.query_image[:h, :w] for ep in query_episodes for h, w in crops]
     return [np.ascontiguousarray(im) for im in images[:QUERIES]]
 
 
@@ -39,11 +40,11 @@ def _support(ep):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_eight_threads_get_the_serial_masks_exactly(built, episodes, backend):
+def test_eight_threads_get_the_serial_masks_exactly(built, query_episodes, backend):
     _, engines = built
     segmenter = FewShotSegmenter.from_dir(engines, backend=backend, threads=2)
-    segmenter.set_support(*_support(episodes[0]))
-    queries = _queries(episodes)
+    segmenter.set_support(*_support(query_episodes[0]))
+    queries = _queries(query_episodes)
     serial = [segmenter.segment(q) for q in queries]
     assert len({m.tobytes() for m in serial}) > QUERIES // 2  # distinct answers, so a mix-up would show
     start = threading.Barrier(THREADS, timeout=60)
@@ -62,12 +63,12 @@ def test_eight_threads_get_the_serial_masks_exactly(built, episodes, backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_set_support_racing_segment_gives_old_or_new_bank_never_a_mix(built, episodes, backend):
+def test_set_support_racing_segment_gives_old_or_new_bank_never_a_mix(built, query_episodes, backend):
     _, engines = built
     segmenter = FewShotSegmenter.from_dir(engines, backend=backend)
-    queries = _queries(episodes)
+    queries = _queries(query_episodes)
     per_bank = []
-    for ep in episodes[:2]:
+    for ep in query_episodes[:2]:
         segmenter.set_support(*_support(ep))
         per_bank.append([segmenter.segment(q) for q in queries])
     # A query the two banks answer differently (random tiny weights answer many queries alike).
@@ -77,7 +78,7 @@ def test_set_support_racing_segment_gives_old_or_new_bank_never_a_mix(built, epi
 
     def swap_supports():
         for k in range(12):
-            segmenter.set_support(*_support(episodes[k % 2]))
+            segmenter.set_support(*_support(query_episodes[k % 2]))
         stop.set()
 
     def query_until_stopped() -> list[np.ndarray]:
@@ -107,10 +108,10 @@ def test_default_backend_repeats_its_answer_exactly(shipped_engines):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_a_failed_call_leaves_the_segmenter_as_it_was(built, episodes, backend, tmp_path):
+def test_a_failed_call_leaves_the_segmenter_as_it_was(built, query_episodes, backend, tmp_path):
     _, engines = built
     segmenter = FewShotSegmenter.from_dir(engines, backend=backend)
-    ep = episodes[0]
+    ep = query_episodes[0]
     segmenter.set_support(*_support(ep))
     want = segmenter.segment(ep.query_image)
     good = segmenter.save_support(tmp_path / "good.npz")
@@ -135,11 +136,11 @@ def test_a_failed_call_leaves_the_segmenter_as_it_was(built, episodes, backend, 
 
 
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b.startswith("openvino")])
-def test_an_inference_error_discards_its_request(built, episodes, backend):
+def test_an_inference_error_discards_its_request(built, query_episodes, backend):
     """A graph run that fails inside the backend must not poison the state the next call uses."""
     _, engines = built
     segmenter = FewShotSegmenter.from_dir(engines, backend=backend)
-    ep = episodes[0]
+    ep = query_episodes[0]
     segmenter.set_support(*_support(ep))
     want = segmenter.segment(ep.query_image)
     graph = segmenter.query_segmenter

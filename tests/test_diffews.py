@@ -9,10 +9,11 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from modeling.diffews import DiffewsModel, StreamConvIn, empty_text_embedding
+from modeling.diffews import DiffewsModel, StreamConvIn
 from modeling.diffews_folder import load_diffews, model_hash, read_config, save_diffews
 from modeling.presets import ModelFolderError, build_model
 from modeling.readouts import MaskThreshold
+from modeling.text_embeddings import empty_text_embedding
 
 
 @pytest.fixture()

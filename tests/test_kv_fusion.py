@@ -185,3 +185,43 @@ def test_mismatched_banks_are_refused(unet):
         fusion.reading(foreign)
     with pytest.raises(ValueError, match="implementation"):
         KVFusion(unet, "flash")
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "matmul"])
+def test_upcast_attention_as_sd21_sets_it_matches_diffusers_in_half_precision(implementation):
+    """SD 2.1 builds its UNet with upcast_attention=True: Q K^T and the softmax stay fp32 under bf16."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**configs.TINY_UNET, "upcast_attention": True}).eval().to(torch.bfloat16)
+    assert all(m.upcast_attention for n, m in unet.named_modules() if n.endswith("attn1"))
+    z, context = (t.to(torch.bfloat16) for t in _inputs(batch=2))
+    reference = copy.deepcopy(unet)
+    reference.set_attn_processor(AttnProcessor())
+    with torch.no_grad():
+        expected = reference(z, 1, encoder_hidden_states=context).sample.float()
+        fusion = KVFusion(unet, implementation)
+        got = unet(z, 1, encoder_hidden_states=context).sample.float()
+        bank = fusion.record_bank(lambda: unet(z, 1, encoder_hidden_states=context), 1)
+        with fusion.reading(bank):
+            fused = unet(z, 1, encoder_hidden_states=context).sample
+    assert fused.dtype == torch.bfloat16 and torch.isfinite(fused.float()).all()
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_processors_survive_a_round_trip_through_set_attn_processor(unet):
+    """What `attn_processors` hands out can be set back (as diffusers' own save / restore code does)."""
+    z, context = _inputs(batch=1)
+    fusion = KVFusion(unet)
+    support = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        bank = fusion.record_bank(lambda: unet(support, 1, encoder_hidden_states=context), 1)
+        with fusion.reading(bank):
+            before = unet(z, 1, encoder_hidden_states=context).sample
+        saved = dict(unet.attn_processors)
+        unet.set_attn_processor(AttnProcessor())
+        plain = unet(z, 1, encoder_hidden_states=context).sample
+        unet.set_attn_processor(saved)
+        assert all(isinstance(unet.attn_processors[n], KVFusionProcessor) for n in fusion.layer_names)
+        with fusion.reading(bank):
+            after = unet(z, 1, encoder_hidden_states=context).sample
+    torch.testing.assert_close(after, before)
+    assert not torch.allclose(plain, before)  # the bank mattered, so the round trip was tested

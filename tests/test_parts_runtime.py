@@ -13,6 +13,7 @@ from PIL import Image
 
 from export import build_engine
 from export.slime_build import build_slime
+from modeling.predictor import TorchPartSegmenter
 from modeling.presets import build_model
 from modeling.slime import SlimeModel
 from modeling.slime_embedding import SlimeEmbedding, load_slime, weights_hash
@@ -61,10 +62,15 @@ def test_manifest_of_a_slime_directory(slime_engines):
     assert manifest.graphs["part_segmenter"].spec.outputs[0].shape == (4, "height", "width")
 
 
-def test_runtime_labels_equal_pytorch(slime_engines):
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_every_backend_gives_the_pytorch_labels(slime_engines, backend):
+    """The same calls on PyTorch (`modeling.predictor`) and on the engines, against the model run by hand."""
     path, engines = slime_engines
     model, _ = load_slime(path)
-    segmenter = PartSegmenter.from_dir(engines)
+    if backend == "torch":
+        segmenter = TorchPartSegmenter.from_embedding(path, per_side=2, patch_size=48)
+    else:
+        segmenter = PartSegmenter.from_dir(engines, backend=backend)
     patching = segmenter.patching
     assert patching.origins() == [(0, 0), (0, 16), (16, 0), (16, 16)]
     for image in _images():

@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from modeling.diffews import EMPTY_PROMPT_TOKENS, DiffewsModel
+from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import CONFIG_FILE, save_diffews
 from modeling.kv_fusion import ATTENTION_IMPLEMENTATIONS
 from modeling.presets import PRESETS, build_model
+from modeling.text_embeddings import EMPTY_PROMPT_TOKENS
+from runtime.cli import refuse_to_overwrite
 from runtime.files import write_text
 from segdata.episodes import EpisodeSampler
 from segdata.world import SyntheticWorld
@@ -188,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_shots < 1 or args.episodes < 1 or args.grad_accum < 1:
         parser.error("--max-shots, --episodes and --grad-accum must be at least 1")
     out: Path = args.out
-    if (out / CONFIG_FILE).exists() and not args.overwrite:
-        parser.error(f"{out} already holds a trained model; pass --overwrite to replace it or choose another --out")
+    refuse_to_overwrite([out / CONFIG_FILE], args.overwrite)  # a finished model, never replaced silently
 
     recipe = DiffewsRecipe(**{f.name: getattr(args, f.name) for f in fields(DiffewsRecipe) if hasattr(args, f.name)})
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from runtime.files import write_text
 from segdata.episodes import Episode, EpisodeSampler, FewShotSource
+from segdata.samples import episode_at_size
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
 
@@ -55,26 +55,6 @@ class IouMeter:
     def fb_iou(self) -> float:
         total = sum(self.sums.values())
         return float(np.mean(100.0 * total[0] / np.maximum(total[1], 1)))
-
-
-def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    if array.shape[:2] == (size, size):
-        return array
-    resample = Image.NEAREST if nearest else Image.BILINEAR
-    return np.asarray(Image.fromarray(array).resize((size, size), resample))
-
-
-def at_resolution(episode: Episode, size: int) -> Episode:
-    """The episode with images bilinearly and masks nearest-resized to size x size."""
-    return Episode(
-        category=episode.category,
-        query_image=_resize(episode.query_image, size, False),
-        query_mask=_resize(episode.query_mask, size, True),
-        support_images=[_resize(im, size, False) for im in episode.support_images],
-        support_masks=[_resize(m, size, True) for m in episode.support_masks],
-        query_id=episode.query_id,
-        support_ids=episode.support_ids,
-    )
 
 
 def all_foreground(episodes: list[Episode]) -> np.ndarray:
@@ -111,7 +91,7 @@ def evaluate(
         pending.clear()
 
     for episode in tqdm(episodes, total=total, desc="episodes", unit="ep"):
-        pending.append(at_resolution(episode, resolution))
+        pending.append(episode_at_size(episode, resolution, resolution))
         if len(pending) == batch:
             flush()
     if pending:

@@ -45,6 +45,7 @@ from modeling.readouts import (
     half_resolution_features,
     save_readout,
 )
+from runtime.cli import refuse_to_overwrite
 from runtime.sections import OLD_READOUT_NAMES
 from segdata.episodes import EpisodeSampler
 from segdata.synthetic import SyntheticFewShot
@@ -212,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: --kind {args.kind} is now called --kind {OLD_READOUT_NAMES[args.kind]}", file=sys.stderr)
         args.kind = OLD_READOUT_NAMES[args.kind]
     out = args.model / args.kind  # the folder of that name in the model folder
-    if out.exists() and not (args.overwrite or args.evaluate):
-        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it")
+    refuse_to_overwrite([out], args.overwrite or args.evaluate)  # --evaluate writes nothing
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from modeling.imaging import images_to_tensor
 from modeling.presets import build_model
 from modeling.slime import TRAIN_TIMESTEPS, SlimeModel, SlimeSettings, default_token_threshold
 from modeling.slime_embedding import SlimeEmbedding, weights_hash
+from runtime.cli import refuse_to_overwrite
 from runtime.patches import Patching, segment_parts
 from segdata.layouts import LayoutError, read_labels, read_rgb
 from segdata.metrics import average, mean_part_ious
@@ -108,7 +110,7 @@ def optimise(
         losses = []
         for index in rng.permutation(len(train)):
             image, labels = augment(*train[index], rng)
-            x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+            x = images_to_tensor(image[None])  # the augmenter's crop is already at the model resolution
             t = int(rng.integers(TRAIN_TIMESTEPS[0], TRAIN_TIMESTEPS[1] + 1))
             loss = model.training_losses(x, torch.from_numpy(labels)[None], t, generator)
             optimizer.zero_grad(set_to_none=True)
@@ -182,8 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--classes has a repeated name")
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    if args.out.exists() and not args.overwrite:
-        parser.error(f"{args.out} exists; pass --overwrite to replace it (nothing was written)")
+    refuse_to_overwrite([args.out], args.overwrite)
     return args
 
 
