@@ -25,6 +25,7 @@ from modeling.diffews_folder import read_config, source_folder
 from modeling.predictor import TorchFewShotSegmenter
 from modeling.presets import ModelFolderError
 from runtime.backends import BACKENDS
+from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from segdata.metrics import mask_iou
@@ -70,45 +71,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
+    with reporting_errors():  # a bad engine directory or input: one line, an exit code (runtime.cli)
+        import torch
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads, backend=args.backend)
-    try:
-        folder = source_folder(segmenter.manifest.model, args.model)
-    except ModelFolderError as err:
-        raise SystemExit(f"error: {err}") from err
-    reference = TorchFewShotSegmenter.from_folder(folder)  # fp32, the VAE read-out: the method's own pipeline
-    fold = int(read_config(folder).get("data", {}).get("fold", 0))
-    r = reference.model.resolution
-    rows = []
-    for shots in args.shots:
-        # sizes cycle through square, wider, taller and smaller, so the in-graph resizing is exercised
-        episodes = held_out_episodes(r, shots, args.episodes, fold=fold, seed=args.seed, pool=1000, world_seed=0)
-        rows.append(agreement(reference, segmenter, episodes))
-    print(f"{args.engines} on {segmenter.backend} against the PyTorch pipeline (fp32):")
-    print(
-        "| shots | episodes | mean IoU | min IoU | masks with IoU >= 0.99 | support ms: torch / runtime "
-        "| query ms: torch / runtime |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in rows:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads, backend=args.backend)
+        try:
+            folder = source_folder(segmenter.manifest.model, args.model)
+        except ModelFolderError as err:
+            raise SystemExit(f"error: {err}") from err
+        reference = TorchFewShotSegmenter.from_folder(folder)  # fp32, the VAE read-out: the method's own pipeline
+        fold = int(read_config(folder).get("data", {}).get("fold", 0))
+        r = reference.model.resolution
+        rows = []
+        for shots in args.shots:
+            # sizes cycle through square, wider, taller and smaller, so the in-graph resizing is exercised
+            episodes = held_out_episodes(r, shots, args.episodes, fold=fold, seed=args.seed, pool=1000, world_seed=0)
+            rows.append(agreement(reference, segmenter, episodes))
+        print(f"{args.engines} on {segmenter.backend} against the PyTorch pipeline (fp32):")
         print(
-            f"| {row['shots']} | {row['episodes']} | {row['mean_iou']:.4f} | {row['min_iou']:.4f} "
-            f"| {100 * row['fraction_at_least_0.99']:.1f} % | {row['torch_support_ms']:.1f} / {row['runtime_support_ms']:.1f} "
-            f"| {row['torch_query_ms']:.1f} / {row['runtime_query_ms']:.1f} |"
+            "| shots | episodes | mean IoU | min IoU | masks with IoU >= 0.99 | support ms: torch / runtime "
+            "| query ms: torch / runtime |"
         )
-    if args.json:
-        write_text(
-            args.json,
-            json.dumps(
-                {"engines": str(args.engines), "backend": segmenter.backend, "model": str(folder), "rows": rows},
-                indent=1,
-            ),
-        )
-    return 0
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for row in rows:
+            print(
+                f"| {row['shots']} | {row['episodes']} | {row['mean_iou']:.4f} | {row['min_iou']:.4f} "
+                f"| {100 * row['fraction_at_least_0.99']:.1f} % | {row['torch_support_ms']:.1f} / {row['runtime_support_ms']:.1f} "
+                f"| {row['torch_query_ms']:.1f} / {row['runtime_query_ms']:.1f} |"
+            )
+        if args.json:
+            write_text(
+                args.json,
+                json.dumps(
+                    {"engines": str(args.engines), "backend": segmenter.backend, "model": str(folder), "rows": rows},
+                    indent=1,
+                ),
+            )
+        return 0
 
 
 if __name__ == "__main__":

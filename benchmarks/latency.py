@@ -48,7 +48,7 @@ from runtime.backends import BACKENDS, OPENVINO_PRECISIONS
 from runtime.cli import refuse_to_overwrite
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
-from runtime.manifest import Manifest
+from runtime.manifest import EngineDirError, Manifest
 from runtime.openvino_graph import cpu_has_bf16
 from segdata.samples import held_out_episodes
 
@@ -198,7 +198,10 @@ def measure_runtime(engines: Path, backend: str, episode, repeats: int, warmup: 
 # --------------------------------------------------------------------------- the run
 def load_models(engines: list[Path]) -> tuple[DiffewsModel, Manifest]:
     """The PyTorch model the engines were built from (SDPA attention, as eager users run it)."""
-    manifests = [Manifest.read(e, verify=False) for e in engines]
+    try:
+        manifests = [Manifest.read(e, verify=False) for e in engines]
+    except EngineDirError as err:
+        raise SystemExit(f"error: {err}") from err
     # The source of a learned read-out's build carries the network its PyTorch FLOPs are counted on.
     manifest = max(manifests, key=lambda m: m.diffews.readout.decoder != "vae")
     if len({m.model["hash"] for m in manifests}) > 1:

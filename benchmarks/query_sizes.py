@@ -24,8 +24,10 @@ import numpy as np
 from benchmarks.memory import _trim_heap, resident_bytes
 from runtime import openvino_graph
 from runtime.backends import BACKENDS
+from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
+from runtime.manifest import Manifest
 
 
 def distinct_sizes(count: int, low: int, high: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -88,21 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for sizes.json")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    if args.shape_cache is not None:
-        openvino_graph.OPENVINO_SHAPE_CACHE = args.shape_cache
-    manifest = json.loads((args.engines / "manifest.json").read_text())
-    low = args.min_side or manifest["rules"]["sides"]["min"]
-    high = args.max_side or min(manifest["rules"]["sides"]["max"], 2 * manifest["resolution"])
-    result = measure(args.engines, args.backend, distinct_sizes(args.sizes, low, high), args.threads)
-    result["shape_cache"] = openvino_graph.OPENVINO_SHAPE_CACHE
-    print(
-        f"{result['backend']}: {result['sizes']} distinct sizes in {result['seconds']} s, resident set "
-        f"+{result['growth_mb']} MB (+{result['growth_second_half_mb']} MB over the second half), "
-        f"OpenVINO shape cache {result['shape_cache']}"
-    )
-    if args.out is not None:
-        write_text(args.out / "sizes.json", json.dumps(result, indent=1), overwrite=args.overwrite)
-    return 0
+    with reporting_errors():  # a bad engine directory or input: one line, an exit code (runtime.cli)
+        if args.shape_cache is not None:
+            openvino_graph.OPENVINO_SHAPE_CACHE = args.shape_cache
+        manifest = Manifest.read(args.engines, verify=False)
+        low = args.min_side or manifest.rules["sides"]["min"]
+        high = args.max_side or min(manifest.rules["sides"]["max"], 2 * manifest.resolution)
+        result = measure(args.engines, args.backend, distinct_sizes(args.sizes, low, high), args.threads)
+        result["shape_cache"] = openvino_graph.OPENVINO_SHAPE_CACHE
+        print(
+            f"{result['backend']}: {result['sizes']} distinct sizes in {result['seconds']} s, resident set "
+            f"+{result['growth_mb']} MB (+{result['growth_second_half_mb']} MB over the second half), "
+            f"OpenVINO shape cache {result['shape_cache']}"
+        )
+        if args.out is not None:
+            write_text(args.out / "sizes.json", json.dumps(result, indent=1), overwrite=args.overwrite)
+        return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from runtime.manifest import Manifest
@@ -126,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    side = Manifest.read(args.engines).resolution
-    sizes = [parse_size(s) for s in args.sizes] if args.sizes else [(side, side), (side * 5 // 4, side * 3 // 4)]
-    result = measure(args.engines, args.precision, sizes, args.runs, args.threads)
-    print(markdown(result))
-    if args.out is not None:
-        write_text(args.out / "repeatability.json", json.dumps(result, indent=1), overwrite=args.overwrite)
-        write_text(args.out / "repeatability.md", markdown(result), overwrite=args.overwrite)
-    return 0
+    with reporting_errors():  # a bad engine directory or input: one line, an exit code (runtime.cli)
+        side = Manifest.read(args.engines).resolution
+        sizes = [parse_size(s) for s in args.sizes] if args.sizes else [(side, side), (side * 5 // 4, side * 3 // 4)]
+        result = measure(args.engines, args.precision, sizes, args.runs, args.threads)
+        print(markdown(result))
+        if args.out is not None:
+            write_text(args.out / "repeatability.json", json.dumps(result, indent=1), overwrite=args.overwrite)
+            write_text(args.out / "repeatability.md", markdown(result), overwrite=args.overwrite)
+        return 0
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> Path:
     """Runs the build the parsed command line asks for; returns the engine directory."""
-    from export.diffews_build import DEFAULT_MODEL, build_diffews
+    from export.diffews_build import build_diffews
     from export.slime_build import build_slime
 
     common = dict(
@@ -134,7 +134,6 @@ def build(args: argparse.Namespace) -> Path:
         given = {dest: getattr(args, dest) for dest in SLIME_ONLY.values() if getattr(args, dest) is not None}
         return build_slime(args.out, embedding=args.slime, **given, **common)
     given = {dest: getattr(args, dest) for dest in DIFFEWS_ONLY.values() if getattr(args, dest) is not None}
-    given.setdefault("model", DEFAULT_MODEL)
     return build_diffews(args.out, **given, **common)
 
 

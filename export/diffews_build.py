@@ -49,7 +49,7 @@ MAX_PARITY_EPISODES = 3  # the model size, a wider and a taller one
 def build_diffews(
     out: str | os.PathLike,
     *,
-    model: str | os.PathLike = DEFAULT_MODEL,
+    model: str | os.PathLike | None = None,
     random_arch: str | None = None,
     max_shots: int = 5,
     resolution: int | None = None,
@@ -67,7 +67,7 @@ def build_diffews(
 
     Args:
         model: the model folder (`modeling.diffews_folder`; default: the shipped synth model).
-        random_arch: instead of `model`, this architecture with seeded random weights
+        random_arch: instead of a model folder, this architecture with seeded random weights
             (`modeling.presets.RANDOM_ARCHS`: "sd21"), for size and speed checks at full size.
         max_shots: the largest support set the query graph takes.
         resolution: the model resolution (a multiple of 64; default: the model's own).
@@ -85,10 +85,12 @@ def build_diffews(
         `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
     """
     _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, readout, optimize, tensorrt)
+    if model is not None and random_arch is not None:
+        raise ValueError("give a model folder or random_arch, not both: random weights replace the model's")
     log = BuildLog()
     out = Path(out)
     check_engine_output(out, overwrite)  # before the slow load
-    diffews, source = _load(Path(model), random_arch)
+    diffews, source = _load(Path(model if model is not None else DEFAULT_MODEL), random_arch)
     if resolution:
         diffews.resolution = resolution
     readout = choose_readout(readout, diffews)

@@ -17,8 +17,9 @@
 
 `rules` are the input rules a host enforces (written by `export.diffews_graphs.diffews_rules`); the
 graphs check nothing. A graph entry's `reduced_precision` (false for the DiffewS support encoder)
-says whether a backend computing in reduced precision (`openvino-bf16`) may run that graph so. `manifest.schema.json` beside this module is the JSON Schema of the whole file: the
-runtime validates every manifest against it on load, and hosts in other languages can too.
+says whether a backend computing in reduced precision (`openvino-bf16`) may run that graph so.
+`manifest.schema.json` beside this module is the JSON Schema of the whole file: the runtime
+validates every manifest against it on load, and hosts in other languages can too.
 
 A SLiMe directory ("kind": "slime") has one `part_segmenter` graph, no read-out, shots or layers,
 and a `parts` entry instead: {"class_names": [...], "patching": {"output_size", "per_side",

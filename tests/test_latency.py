@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmarks import latency, stage_split
+from benchmarks import agreement, latency, query_sizes, repeatability, stage_split
+from runtime.cli import EXIT_ENGINES
 from runtime.manifest import Manifest
 
 
@@ -54,3 +55,14 @@ def test_every_query_graph_node_gets_a_stage(built):
     counts = {s: list(stages.values()).count(s) for s in ("query_encode", "query_unet", "readout", "io")}
     assert all(counts.values()), counts
     assert counts["query_unet"] > counts["query_encode"]  # the UNet is most of the graph
+
+
+def test_a_missing_engine_directory_is_one_line_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="is not an engine directory"):
+        latency.main(["--engines", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bench")])
+    assert not (tmp_path / "bench").exists()
+    for benchmark in (agreement, repeatability, query_sizes):
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(["--engines", str(tmp_path / "nowhere")])
+        assert exit_info.value.code == EXIT_ENGINES, benchmark.__name__
+        assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nowhere'} is not an engine directory")

@@ -80,3 +80,21 @@ def test_build_engine_refuses_flags_of_the_other_method(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_engine.parse_args(["--out", str(tmp_path / "e"), "--random-arch", "sd21", "--model", "m"])
     assert not (tmp_path / "e").exists()
+
+
+def test_build_functions_refuse_contradictory_or_out_of_range_arguments(tmp_path):
+    from export.diffews_build import build_diffews
+    from export.slime_build import build_slime
+
+    out = tmp_path / "e"
+    with pytest.raises(ValueError, match="not both"):
+        build_diffews(out, model=tmp_path, random_arch="sd21")
+    with pytest.raises(ValueError, match="max_shots must be at least 1"):
+        build_diffews(out, max_shots=0)
+    with pytest.raises(ValueError, match="readout must be auto or one of vae, mask_head, mask_decoder"):
+        build_diffews(out, readout="fast")
+    with pytest.raises(ValueError, match="1 to 3 samples"):
+        build_slime(out, embedding=tmp_path / "e.safetensors", parity_images=4)
+    with pytest.raises(ValueError, match="TensorRT cannot parse"):
+        build_slime(out, embedding=tmp_path / "e.safetensors", optimize=True, tensorrt=True)
+    assert not out.exists()
