@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from modeling.diffews_folder import read_config, source_folder
 from modeling.predictor import TorchFewShotSegmenter
-from modeling.presets import ModelFolderError
 from runtime.backends import BACKENDS
 from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
@@ -77,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads, backend=args.backend)
-        try:
-            folder = source_folder(segmenter.manifest.model, args.model)
-        except ModelFolderError as err:
-            raise SystemExit(f"error: {err}") from err
+        folder = source_folder(segmenter.manifest.model, args.model)  # ModelFolderError: one line, exit 3
         reference = TorchFewShotSegmenter.from_folder(folder)  # fp32, the VAE read-out: the method's own pipeline
         fold = int(read_config(folder).get("data", {}).get("fold", 0))
         r = reference.model.resolution

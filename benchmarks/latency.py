@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.latency_report import READOUT_ROWS, assemble, markdown, plot
+from benchmarks.latency_report import assemble, markdown, plot
 from benchmarks.memory import PeakResident
 from benchmarks.stage_split import openvino_split, profiled_split
 from modeling.diffews import DiffewsModel
@@ -50,6 +50,7 @@ from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from runtime.manifest import EngineDirError, Manifest
 from runtime.openvino_graph import cpu_has_bf16
+from runtime.sections import READOUTS
 from segdata.samples import held_out_episodes
 
 SD21_ENGINES = Path("engines/sd21-random")
@@ -227,7 +228,7 @@ def ensure_sd21_engines(threads: int | None) -> list[Path]:
     from export.diffews_build import build_diffews
 
     directories = []
-    for readout in READOUT_ROWS:
+    for readout in READOUTS:
         folder = SD21_ENGINES if readout == "vae" else SD21_ENGINES.with_name(f"{SD21_ENGINES.name}-{readout}")
         if not (folder / "manifest.json").is_file():
             build_diffews(folder, random_arch="sd21", max_shots=2, parity_episodes=1, readout=readout, threads=threads)

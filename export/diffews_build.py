@@ -161,10 +161,7 @@ def choose_readout(choice: str, model: DiffewsModel) -> str:
 
 def model_readout(model: DiffewsModel, decoder: str) -> Readout:
     """The manifest's read-out: the model's threshold (relative factor or absolute level) and the decoder."""
-    threshold = model.threshold
-    if threshold.relative is not None:
-        return Readout("relative", float(threshold.relative), decoder)
-    return Readout("absolute", float(threshold.absolute), decoder)
+    return Readout(model.threshold.mode, model.threshold.level, decoder)
 
 
 def fused_layers(model: DiffewsModel) -> list[FusedLayer]:
@@ -196,7 +193,7 @@ def _export(model, readout, specs, samples, work, log, precision, optimize, tens
     with torch.no_grad():
         bank = support(**support_sample)
     names = specs[SUPPORT_ENCODER].output_names
-    query_sample = _query_feed(first.query_image, model_readout(model, readout).threshold, {})
+    query_sample = _query_feed(first.query_image, model.threshold.level, {})
     query_sample = {k: _tensor(v) for k, v in query_sample.items()} | dict(zip(names, bank))
     modules = {
         SUPPORT_ENCODER: (support, support_sample, 0),
@@ -214,7 +211,7 @@ def _parity(model, readout, specs: dict[str, GraphSpec], samples, graphs, thread
     query_graph = OnnxRuntimeGraph(graphs[QUERY_SEGMENTER], specs[QUERY_SEGMENTER], threads=threads)
     support, query = SupportEncoder(model), QuerySegmenter(model, readout)
     names = specs[SUPPORT_ENCODER].output_names
-    threshold = model_readout(model, readout).threshold
+    threshold = model.threshold.level
     rows = []
     for sample in samples:
         name = _sample_name(sample)

@@ -25,7 +25,7 @@ from export.resize import image_to_model
 from modeling.diffews import TIMESTEP, DiffewsModel
 from modeling.kv_fusion import KVBank
 from runtime.contract import GraphSpec, TensorSpec, Tolerance, pixel_spec
-from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, THRESHOLD_RANGE, FusedLayer, bank_names
+from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, THRESHOLD_RULES, FusedLayer, bank_names
 
 
 def _mask_to_model(mask: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -171,7 +171,7 @@ def diffews_rules(specs: dict[str, GraphSpec], max_shots: int) -> dict:
         "sides": {"min": image.min_shape[0], "max": image.max_shape[0]},
         "support_mask": {"same_size_as": "image", "foreground": "value > 0", "min_foreground_pixels": 1},
         "shots": {"min": 1, "max": max_shots},
-        "threshold": {"min": THRESHOLD_RANGE[0], "max": THRESHOLD_RANGE[1], "max_exclusive": True},
+        "threshold": dict(THRESHOLD_RULES),
         "bank": {
             "from": SUPPORT_ENCODER,
             "to": QUERY_SEGMENTER,

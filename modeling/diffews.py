@@ -165,9 +165,11 @@ class DiffewsModel(nn.Module):
             )
         return network(mask_latents)
 
-    def decode_masks(self, mask_latents: torch.Tensor, readout: str = "vae") -> torch.Tensor:
+    def decode_masks(
+        self, mask_latents: torch.Tensor, readout: str = "vae", threshold: MaskThreshold | None = None
+    ) -> torch.Tensor:
         """(B, 4, h, w) predicted mask latents -> (B, H, W) bool via a read-out's decoder (see above) and the threshold."""
-        return self.threshold(self.decode_mask_images(mask_latents, readout))
+        return (threshold or self.threshold)(self.decode_mask_images(mask_latents, readout))
 
     def _context(self, batch: int) -> torch.Tensor:
         return self.empty_embedding.expand(batch, -1, -1)
@@ -238,10 +240,12 @@ class DiffewsModel(nn.Module):
         return self.support_bank(z_images, z_masks)
 
     @torch.no_grad()
-    def segment(self, query_images: np.ndarray, bank: KVBank, readout: str = "vae") -> np.ndarray:
+    def segment(
+        self, query_images: np.ndarray, bank: KVBank, readout: str = "vae", threshold: MaskThreshold | None = None
+    ) -> np.ndarray:
         """(B, H, W, 3) uint8 queries, one per episode of `bank` -> (B, H, W) bool masks at the query size."""
         x = self._resize(images_to_tensor(query_images), "bilinear")
-        masks = self.decode_masks(self.predict_mask_latents(self.encode(x), bank), readout)  # [B, R, R]
+        masks = self.decode_masks(self.predict_mask_latents(self.encode(x), bank), readout, threshold)  # [B, R, R]
         size = query_images.shape[1:3]
         if tuple(masks.shape[1:]) != tuple(size):
             masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5

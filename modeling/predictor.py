@@ -28,12 +28,11 @@ import torch
 
 from modeling.diffews import DiffewsModel
 from modeling.kv_fusion import KVBank
+from modeling.readouts import MaskThreshold
 from modeling.slime import SlimeModel
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
 from runtime.patches import Patching, labels_from_scores, patched_scores
-from runtime.sections import READOUTS, THRESHOLD_RANGE, check_threshold
-
-THRESHOLD_RULES = {"min": THRESHOLD_RANGE[0], "max": THRESHOLD_RANGE[1], "max_exclusive": True}
+from runtime.sections import READOUTS, THRESHOLD_RULES, check_threshold
 
 
 class TorchFewShotSegmenter:
@@ -93,16 +92,13 @@ class TorchFewShotSegmenter:
         if bank is None:
             raise RuntimeError("no support set: call set_support(images, masks) first")
         image = load_image(query, "query")
-        threshold_model = self.model.threshold
-        cut = None if threshold is None else check_threshold(threshold, THRESHOLD_RULES)
+        cut = None
+        if threshold is not None:  # the model's mode at another level, for this call only
+            level = check_threshold(threshold, THRESHOLD_RULES)
+            relative = self.model.threshold.relative is not None
+            cut = MaskThreshold(level if relative else None, None if relative else level)
         with self._lock:
-            if cut is not None:  # the same mode at another level, for this call only
-                relative = threshold_model.relative is not None
-                self.model.threshold = type(threshold_model)(cut if relative else None, None if relative else cut)
-            try:
-                mask = self.model.segment(image[None], bank, self.readout)[0]
-            finally:
-                self.model.threshold = threshold_model
+            mask = self.model.segment(image[None], bank, self.readout, cut)[0]
         return mask.astype(np.uint8)
 
     def segment_batch(self, queries: Sequence[ImageLike], threshold: float | None = None) -> list[np.ndarray]:

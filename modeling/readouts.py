@@ -61,6 +61,16 @@ class MaskThreshold:
         if (self.relative is None) == (self.absolute is None):
             raise ValueError("set exactly one of relative and absolute")
 
+    @property
+    def mode(self) -> str:
+        """ "relative" or "absolute": how the manifest's read-out names it."""
+        return "relative" if self.relative is not None else "absolute"
+
+    @property
+    def level(self) -> float:
+        """The threshold value of that mode (the query graph's `threshold` input)."""
+        return float(self.relative if self.relative is not None else self.absolute)
+
     def __call__(self, decoded: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, H, W) bool."""
         x = (decoded.float().clamp(-1, 1) + 1) / 2

@@ -31,6 +31,8 @@ OLD_READOUT_NAMES = {"head": "mask_head", "fast": "mask_decoder"}
 # The read-out threshold's range in both modes: it is compared with the decoded mask image scaled
 # to [0, 1] (relative: times its maximum), so 0 marks every non-black pixel and 1 marks nothing.
 THRESHOLD_RANGE = (0.0, 1.0)
+# The same range as the manifest's `rules.threshold` (what `check_threshold` reads).
+THRESHOLD_RULES = {"min": THRESHOLD_RANGE[0], "max": THRESHOLD_RANGE[1], "max_exclusive": True}
 
 
 @dataclass(frozen=True)
