@@ -1,0 +1,279 @@
+"""train.import_diffews on fixtures written in the authors' layouts, the way their scripts write them.
+
+The fixtures use stock diffusers classes at tiny width: a base pipeline saved by
+`StableDiffusionPipeline.save_pretrained`, converted as `load_ckpt_and_modify_ref8in_tag4in.py` does
+(conv_in_ref attached as an attribute of the stock UNet, pipeline saved again), then "fine-tuned"
+(every weight perturbed) and saved as `accelerator.save_state`'s hook does, `unet.save_pretrained`,
+in safetensors, a torch pickle, shards, and with their `in_channels_ref` config key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from modeling.checkpoint_files import CheckpointError, read_state_dict
+from modeling.diffews import unet_state_dict
+from modeling.diffews_folder import load_diffews, read_config
+from modeling.presets import build_model
+from runtime.files import OutputExistsError
+from train import import_diffews
+from train.import_diffews import import_diffews as run_import
+
+RESOLUTION = 64  # the tiny-random model's
+
+
+def convert_the_authors_way(stock, converted):
+    """What load_ckpt_and_modify_ref8in_tag4in.py does, on a stock pipeline folder."""
+    pipe = StableDiffusionPipeline.from_pretrained(stock, local_files_only=True)
+    conv_in = pipe.unet.conv_in
+    ref = torch.nn.Conv2d(8, conv_in.out_channels, conv_in.kernel_size, conv_in.stride, conv_in.padding, bias=True)
+    with torch.no_grad():
+        ref.weight = torch.nn.Parameter(conv_in.weight.repeat(1, 2, 1, 1) / 2)
+        ref.bias = torch.nn.Parameter(conv_in.bias.clone())
+    pipe.unet.conv_in_ref = ref
+    pipe.save_pretrained(converted)
+    return pipe.unet
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """Paths of the authors' layouts: base pipelines and checkpoint-N/unet folders in every weight format."""
+    root = tmp_path_factory.mktemp("authors")
+    c = build_model("tiny-random", seed=3)
+    StableDiffusionPipeline(
+        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+        scheduler=DDIMScheduler.from_config(c.scheduler_config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(root / "stable-diffusion-2-1")  # fmt: skip
+    unet = convert_the_authors_way(root / "stable-diffusion-2-1", root / "converted")
+    torch.manual_seed(7)
+    with torch.no_grad():  # "fine-tuning": every weight moves, so conv_in_ref no longer equals [conv_in, conv_in] / 2
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    checkpoints = {}
+    for name, kwargs in {
+        "safetensors": {},
+        "bin": {"safe_serialization": False},
+        "sharded": {"max_shard_size": "40KB"},
+        "sharded-bin": {"safe_serialization": False, "max_shard_size": "40KB"},
+        "in_channels_ref": {},
+    }.items():
+        folder = root / name / "checkpoint-2000" / "unet"
+        unet.save_pretrained(folder, **kwargs)
+        checkpoints[name] = folder
+    config = json.loads((checkpoints["in_channels_ref"] / "config.json").read_text())
+    config.update(in_channels_ref=8, _class_name="MyUNet2DConditionModel")  # what their UNet subclass saves
+    (checkpoints["in_channels_ref"] / "config.json").write_text(json.dumps(config))
+    expected = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    return {"root": root, "base": root / "stable-diffusion-2-1", "converted": root / "converted",
+            "checkpoints": checkpoints, "state": expected}  # fmt: skip
+
+
+def test_the_fixtures_are_in_the_layouts_claimed(release):
+    ckpt = release["checkpoints"]
+    assert (ckpt["bin"] / "diffusion_pytorch_model.bin").is_file()
+    assert (ckpt["sharded"] / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert (ckpt["sharded-bin"] / "diffusion_pytorch_model.bin.index.json").is_file()
+    assert len(list(ckpt["sharded"].glob("*.safetensors"))) > 2
+    assert "in_channels_ref" not in json.loads((release["converted"] / "unet" / "config.json").read_text())
+    assert "conv_in_ref.weight" in load_file(str(release["converted"] / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "bin", "sharded", "sharded-bin", "in_channels_ref"])
+def test_every_layout_imports_the_checkpoint_weights_unchanged(release, layout, tmp_path):
+    unet_dir = release["checkpoints"][layout]
+    # --unet accepts the unet/ folder, and checkpoint-N/ above it as the authors' --unet_ckpt_path does
+    given = unet_dir if layout != "bin" else unet_dir.parent
+    out = run_import(given, release["base"], tmp_path / "model", resolution=RESOLUTION)
+    model = load_diffews(out)
+    got = unet_state_dict(model.unet)
+    assert set(got) == set(release["state"])
+    for name, want in release["state"].items():
+        assert torch.equal(got[name], want), name
+    config = read_config(out)
+    assert config["empty_prompt_tokens"] == 2 and config["resolution"] == RESOLUTION
+    assert config["imported"]["weights"].startswith("torch pickle" if "bin" in layout else "safetensors")
+    assert all(len(d) == 64 for d in config["imported"]["sha256"].values())
+    if layout == "in_channels_ref":
+        assert config["imported"]["ignored_config_keys"] == {"in_channels_ref": 8}
+    card = (out / "README.md").read_text()
+    assert "imported from the authors' checkpoint" in card and str(unet_dir.resolve()) in card
+
+
+class AuthorsBankProcessor:
+    """The authors' self-attention with a K/V bank (their xformers processor), written independently of
+    modeling.kv_fusion: the first (support) pass stores K and V; later (query) passes append the
+    bank, all shots' tokens in a row, after the query's own tokens."""
+
+    def __init__(self):
+        self.key = self.value = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
+        assert encoder_hidden_states is None and attn.group_norm is None and not attn.residual_connection
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        if self.key is None:
+            self.key, self.value = key, value
+        else:
+            batch, _, width = key.shape
+            key = torch.cat([key, self.key.reshape(batch, -1, width)], dim=1)
+            value = torch.cat([value, self.value.reshape(batch, -1, width)], dim=1)
+        query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
+        out = attn.batch_to_head_dim(torch.bmm(attn.get_attention_scores(query, key, None), value))
+        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+
+@torch.no_grad()
+def authors_mask_latent(unet_dir, base, z_support, z_mask, z_query):
+    """-UNet(query) after UNet(support), the authors' OI2M forward at t = 1 with the 2-token empty prompt."""
+    unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True).eval()  # drops conv_in_ref
+    state, _ = read_state_dict(unet_dir)
+    conv_in_ref = torch.nn.Conv2d(8, unet.conv_in.out_channels, 3, padding=1)
+    conv_in_ref.load_state_dict({"weight": state["conv_in_ref.weight"], "bias": state["conv_in_ref.bias"]})
+    unet.set_attn_processor(
+        {n: AuthorsBankProcessor() if n.endswith("attn1.processor") else p for n, p in unet.attn_processors.items()}
+    )
+    pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+    ids = pipe.tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids
+    context = pipe.text_encoder(ids)[0]
+    conv_in, unet.conv_in = unet.conv_in, conv_in_ref  # is_target=False: the support stream's input conv
+    unet(torch.cat([z_support, z_mask], dim=1), 1, encoder_hidden_states=context.repeat(len(z_support), 1, 1))
+    unet.conv_in = conv_in
+    return -unet(z_query, 1, encoder_hidden_states=context).sample
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_imported_query_output_equals_the_authors_forward(release, shots, tmp_path):
+    unet_dir = release["checkpoints"]["safetensors"]
+    model = load_diffews(run_import(unet_dir, release["base"], tmp_path / "model", resolution=RESOLUTION))
+    generator = torch.Generator().manual_seed(shots)
+    z_support, z_mask = (torch.randn(shots, 4, 8, 8, generator=generator) for _ in range(2))
+    z_query = torch.randn(1, 4, 8, 8, generator=generator)
+    want = authors_mask_latent(unet_dir, release["base"], z_support, z_mask, z_query)
+    with torch.no_grad():
+        got = model.predict_mask_latents(z_query, model.support_bank(z_support[None], z_mask[None]))
+        swapped = model.predict_mask_latents(z_query, model.support_bank(z_mask[None], z_support[None]))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert (swapped - want).abs().max() > 1e-3  # the comparison sees the order [image, mask]
+
+
+def test_context_tokens_follow_the_flag(release, tmp_path):
+    out = run_import(release["converted"], release["base"], tmp_path / "m77", context_tokens=77, resolution=RESOLUTION)
+    assert read_config(out)["empty_prompt_tokens"] == 77
+    assert load_diffews(out).empty_embedding.shape[1] == 77
+
+
+def test_a_pickle_that_runs_code_is_refused_before_it_runs(release, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    unet_dir = tmp_path / "evil" / "unet"
+    shutil.copytree(release["checkpoints"]["bin"], unet_dir)
+    torch.save({"conv_in.weight": Payload()}, unet_dir / "diffusion_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"refused to read .*diffusion_pytorch_model.bin.*(system|GLOBAL)"):
+        run_import(unet_dir, release["base"], tmp_path / "model", resolution=RESOLUTION)
+    assert not marker.exists() and not (tmp_path / "model").exists()
+
+
+def edited_checkpoint(release, tmp_path, edit) -> str:
+    """A copy of the safetensors checkpoint whose state dict `edit` changed."""
+    unet_dir = tmp_path / "edited" / "unet"
+    shutil.copytree(release["checkpoints"]["safetensors"], unet_dir)
+    path = unet_dir / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path))
+    return unet_dir
+
+
+def test_a_plain_sd_unet_names_the_missing_tensor_and_the_conversion_step(release, tmp_path):
+    with pytest.raises(CheckpointError, match=r"no conv_in_ref\.weight.*load_ckpt_and_modify_ref8in_tag4in"):
+        run_import(release["base"] / "unet", release["base"], tmp_path / "model")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda s: s.update({"conv_in_ref.weight": s["conv_in_ref.weight"][:, :4].contiguous()}),
+            r"conv_in_ref.weight is .*8 input",
+        ),
+        (lambda s: s.update({"conv_in.weight": s["conv_in_ref.weight"].clone()}), r"conv_in.weight is .*4 input"),
+        (lambda s: s.pop("conv_in_ref.bias"), r"no conv_in_ref\.bias"),
+        (lambda s: s.pop("mid_block.resnets.0.conv1.weight"), r"do not fit its config.json"),
+    ],
+)
+def test_wrong_input_convs_and_missing_weights_get_clear_errors(release, tmp_path, edit, message):
+    with pytest.raises(CheckpointError, match=message):
+        run_import(edited_checkpoint(release, tmp_path, edit), release["base"], tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_base_without_a_vae_or_of_another_width_is_refused(release, tmp_path):
+    incomplete = tmp_path / "no-vae"
+    shutil.copytree(release["base"], incomplete)
+    shutil.rmtree(incomplete / "vae")
+    with pytest.raises(CheckpointError, match=r"has no vae/"):
+        run_import(release["checkpoints"]["safetensors"], incomplete, tmp_path / "model")
+    other = tmp_path / "wide-base"
+    shutil.copytree(release["base"], other)
+    text_encoder = CLIPTextModel.from_pretrained(other / "text_encoder")
+    wider = CLIPTextConfig(**{**text_encoder.config.to_dict(), "hidden_size": 48, "projection_dim": 48})
+    shutil.rmtree(other / "text_encoder")
+    CLIPTextModel(wider).save_pretrained(other / "text_encoder")  # a base of another text width
+    with pytest.raises(CheckpointError, match=r"cross-attends to 32-wide text but the base's text encoder is 48-wide"):
+        run_import(release["checkpoints"]["safetensors"], other, tmp_path / "model")
+
+
+def test_the_cli_refuses_an_existing_out_and_reports_errors_in_one_line(release, tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["--unet", str(release["checkpoints"]["safetensors"]), "--base", str(release["base"]), "--out", str(out)]
+    with pytest.raises(SystemExit, match=r"error: .*exists.*--overwrite"):
+        import_diffews.main(args)
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(OutputExistsError):
+        run_import(release["checkpoints"]["safetensors"], release["base"], out)
+    with pytest.raises(SystemExit, match=r"^error: --unet .* does not exist$"):
+        import_diffews.main(
+            ["--unet", str(tmp_path / "nope"), "--base", str(release["base"]), "--out", str(tmp_path / "o")]
+        )
+    assert import_diffews.main(args + ["--overwrite", "--resolution", str(RESOLUTION)]) == 0
+    assert not (out / "keep.txt").exists() and read_config(out)["imported"]["command"].startswith("python -m train")
+
+
+@pytest.mark.slow
+def test_the_imported_model_exports_and_its_engines_agree_with_pytorch(release, episodes, tmp_path):
+    from export.diffews_build import build_diffews
+    from modeling.predictor import TorchFewShotSegmenter
+    from runtime.fewshot import FewShotSegmenter
+    from segdata.metrics import mask_iou
+
+    model_dir = run_import(
+        release["checkpoints"]["sharded-bin"], release["base"], tmp_path / "model", resolution=RESOLUTION
+    )
+    engines = build_diffews(tmp_path / "engines", model=model_dir, max_shots=2, parity_episodes=1, max_side=256)
+    runtime = FewShotSegmenter.from_dir(engines, backend="onnxruntime")
+    reference = TorchFewShotSegmenter.from_folder(model_dir)
+    for episode in episodes[:2]:
+        for shots in (1, 2):
+            supports, masks = episode.support_images[:shots], episode.support_masks[:shots]
+            runtime.set_support(supports, masks)
+            reference.set_support(supports, masks)
+            got, want = runtime.segment(episode.query_image), reference.segment(episode.query_image)
+            assert got.shape == want.shape == episode.query_image.shape[:2]
+            assert 0 < (want > 0).mean() < 1  # not a trivial mask
+            assert mask_iou(got > 0, want > 0) >= 0.99
+    assert np.all([row["passed"] for row in json.loads((engines / "manifest.json").read_text())["parity"]])
