@@ -141,14 +141,17 @@ class SlimeModel(nn.Module):
         self.capture = SlimeAttention(unet, layers, token_ids=range(num_classes))
 
     @classmethod
-    def from_base(cls, components, class_names: list[str], settings: SlimeSettings | None = None) -> SlimeModel:
+    def from_base(
+        cls, components, class_names: list[str], settings: SlimeSettings | None = None, prompt: str | None = None
+    ) -> SlimeModel:
         """A fresh model to optimise: the context of "part" x K, learned rows at their CLIP values.
 
-        Without `settings`, the defaults with the preset's token threshold.
+        Without `settings`, the defaults with the preset's token threshold. `prompt` replaces
+        "part" x K, as the released code's `--text_prompt` does.
         """
         k = len(class_names)
         settings = settings or SlimeSettings(token_threshold=default_token_threshold(components.preset))
-        text = text_embedding(components.text_encoder, components.tokenizer, prompt_for(k))
+        text = text_embedding(components.text_encoder, components.tokenizer, prompt or prompt_for(k))
         with torch.no_grad():
             uncond = empty_text_embedding(components.text_encoder, components.tokenizer)
         return cls(
