@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +103,9 @@ def read_torch_pickle(path: Path) -> object:
     if not path.is_file():
         raise CheckpointError(f"no such file: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mmap (zip-format files, torch's default since 1.6): tensors are read from the file as they
+        # are used instead of being copied into memory first, which would hold the weights twice.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         # torch's message names the global the pickle wanted, e.g. "Unsupported global: GLOBAL posix.system".
         reason = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), str(err).splitlines()[0])

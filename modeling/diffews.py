@@ -84,15 +84,19 @@ def unet_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_unet_state_dict(unet: UNet2DConditionModel, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of `unet_state_dict` (strict: every weight must be present)."""
+def load_unet_state_dict(unet: UNet2DConditionModel, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+    """Inverse of `unet_state_dict` (strict: every weight must be present).
+
+    assign: make `state`'s tensors the parameters instead of copying them in (for a UNet built
+    without memory, on the meta device: one copy of the weights instead of two).
+    """
     renamed = {}
     for key, value in state.items():
         for ours, theirs in _STATE_NAMES:
             if key.startswith(theirs):
                 key = ours + key[len(theirs) :]
         renamed[key] = value
-    unet.load_state_dict(renamed, strict=True)
+    unet.load_state_dict(renamed, strict=True, assign=assign)
 
 
 class DiffewsModel(nn.Module):

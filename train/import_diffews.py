@@ -33,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from accelerate import init_empty_weights  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import AutoTokenizer, CLIPTextModel  # noqa: E402
 
@@ -141,12 +142,14 @@ def load_base_parts(base: Path) -> tuple[AutoencoderKL, CLIPTextModel, object]:
 
 
 def read_checkpoint(unet_dir: Path, latent_channels: int) -> tuple[UNet2DConditionModel, dict, dict, WeightFiles]:
-    """The checkpoint's UNet (conv_in_ref not yet attached), its weights, ignored config keys and files."""
+    """The checkpoint's UNet on the meta device (weights not yet loaded, conv_in_ref not yet attached),
+    its weights, the ignored config keys and the files read."""
     config, extra = unet_config(unet_dir)
     state, files = read_state_dict(unet_dir)
     check_input_convs(state, config, extra, latent_channels)
     try:
-        unet = UNet2DConditionModel(**config)
+        with init_empty_weights():  # no memory for random weights the checkpoint's replace
+            unet = UNet2DConditionModel(**config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{unet_dir / 'config.json'} is not a UNet2DConditionModel config ({err})") from None
     return unet.eval(), state, extra, files
@@ -193,7 +196,7 @@ def import_diffews(
     del text_encoder
     model = DiffewsModel(model_unet, vae, embedding, resolution)
     try:
-        load_unet_state_dict(model.unet, state)
+        load_unet_state_dict(model.unet, {k: v.float() for k, v in state.items()}, assign=True)
     except RuntimeError as err:  # strict loading: names or shapes that do not fit the config
         first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
         raise CheckpointError(f"the weights in {unet_dir} do not fit its config.json: {first[:400]}") from None
