@@ -26,6 +26,7 @@ from modeling.diffews_folder import load_diffews, read_config
 from modeling.presets import build_model
 from runtime.files import OutputExistsError
 from train import import_diffews
+from train.evaluate import model_card
 from train.import_diffews import import_diffews as run_import
 
 RESOLUTION = 64  # the tiny-random model's
@@ -107,6 +108,8 @@ def test_every_layout_imports_the_checkpoint_weights_unchanged(release, layout, 
         assert config["imported"]["ignored_config_keys"] == {"in_channels_ref": 8}
     card = (out / "README.md").read_text()
     assert "imported from the authors' checkpoint" in card and str(unet_dir.resolve()) in card
+    evaluation_card = model_card(config, [], "python -m train.evaluate --card")  # what --card writes later
+    assert "Imported from the authors' checkpoint" in evaluation_card and str(unet_dir.resolve()) in evaluation_card
 
 
 class AuthorsBankProcessor:

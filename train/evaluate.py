@@ -151,6 +151,17 @@ def model_card(config: dict, rows: list[dict], command: str) -> str:
     note = f" ({training['wall_time_note']})" if training.get("wall_time_note") else ""
     keys = ("steps", "lr", "weight_decay", "episodes", "grad_accum", "max_shots", "clip", "seed", "mixed_precision")
     recipe = ", ".join(f"{k} {training[k]}" for k in keys if k in training)
+    if "imported" in config:  # python -m train.import_diffews: the authors trained it, not this toolkit
+        imported = config["imported"]
+        origin = f"""Imported from the authors' checkpoint `{imported["unet"]}` ({imported["weights"]}), the weights
+unchanged; VAE and {imported["context_tokens"]}-token empty-prompt embedding from `{imported["base"]}`.
+Command: `{imported.get("command") or "?"}`"""
+    else:
+        origin = f"""Command: `{training.get("command", "?")}`
+
+Data: {data.get("source")} fold {data.get("fold")} ({DATA_NOTES.get(data.get("source"), "training classes only")}). Recipe: {recipe}.
+Wall time {minutes:.1f} min on {training.get("device", "?")} with {training.get("torch_threads", "?")} threads{note};
+mean loss of the last 50 steps {training.get("final_loss_mean_last_50")}."""
     return f"""# DiffewS model fine-tuned from `{config.get("base")}`
 
 One-step few-shot segmentation (DiffewS, OI2M): support image + mask and query image in, query mask
@@ -168,11 +179,7 @@ masks = model.segment(query_images, bank)  # (B, H, W, 3) uint8 -> (B, H, W) boo
 
 ## Training
 
-Command: `{training.get("command", "?")}`
-
-Data: {data.get("source")} fold {data.get("fold")} ({DATA_NOTES.get(data.get("source"), "training classes only")}). Recipe: {recipe}.
-Wall time {minutes:.1f} min on {training.get("device", "?")} with {training.get("torch_threads", "?")} threads{note};
-mean loss of the last 50 steps {training.get("final_loss_mean_last_50")}.
+{origin}
 
 ## Evaluation (held-out categories of fold {data.get("fold")})
 
