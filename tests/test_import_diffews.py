@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -257,26 +260,35 @@ def test_the_cli_refuses_an_existing_out_and_reports_errors_in_one_line(release,
     assert not (out / "keep.txt").exists() and read_config(out)["imported"]["command"].startswith("python -m train")
 
 
+def run_cli(module: str, *args) -> None:
+    """`python -m module args...` in a fresh process, as a user types it; fails the test with its stderr."""
+    done = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, f"python -m {module} failed:\n{done.stderr[-3000:]}"
+
+
 @pytest.mark.slow
-def test_the_imported_model_exports_and_its_engines_agree_with_pytorch(release, episodes, tmp_path):
-    from export.diffews_build import build_diffews
+def test_the_three_commands_of_the_recipe_give_the_pytorch_models_masks(release, episodes, tmp_path):
+    """docs/released-models.md: import, build_engine, runtime.segment, each as a command line."""
     from modeling.predictor import TorchFewShotSegmenter
-    from runtime.fewshot import FewShotSegmenter
+    from runtime.images import save_png
     from segdata.metrics import mask_iou
 
-    model_dir = run_import(
-        release["checkpoints"]["sharded-bin"], release["base"], tmp_path / "model", resolution=RESOLUTION
-    )
-    engines = build_diffews(tmp_path / "engines", model=model_dir, max_shots=2, parity_episodes=1, max_side=256)
-    runtime = FewShotSegmenter.from_dir(engines, backend="onnxruntime")
+    model_dir, engines, masks_dir = tmp_path / "model", tmp_path / "engines", tmp_path / "masks"
+    run_cli("train.import_diffews", "--unet", release["checkpoints"]["sharded-bin"].parent, "--base", release["base"],
+            "--out", model_dir, "--resolution", RESOLUTION)  # fmt: skip
+    run_cli("export.build_engine", "--model", model_dir, "--out", engines, "--max-shots", 2, "--parity-episodes", 1)
+    assert all(row["passed"] for row in json.loads((engines / "manifest.json").read_text())["parity"])
     reference = TorchFewShotSegmenter.from_folder(model_dir)
-    for episode in episodes[:2]:
-        for shots in (1, 2):
-            supports, masks = episode.support_images[:shots], episode.support_masks[:shots]
-            runtime.set_support(supports, masks)
-            reference.set_support(supports, masks)
-            got, want = runtime.segment(episode.query_image), reference.segment(episode.query_image)
-            assert got.shape == want.shape == episode.query_image.shape[:2]
-            assert 0 < (want > 0).mean() < 1  # not a trivial mask
-            assert mask_iou(got > 0, want > 0) >= 0.99
-    assert np.all([row["passed"] for row in json.loads((engines / "manifest.json").read_text())["parity"]])
+    for e, episode in enumerate(episodes[:2]):
+        files = []
+        for s, (image, mask) in enumerate(zip(episode.support_images, episode.support_masks)):
+            files += ["--support", save_png(image, tmp_path / f"e{e}s{s}.png", False)]
+            files += ["--support-mask", save_png(mask.astype(np.uint8) * 255, tmp_path / f"e{e}s{s}_mask.png", False)]
+        query = save_png(episode.query_image, tmp_path / f"query{e}.png", False)
+        run_cli("runtime.segment", "--engines", engines, *files, "--query", query, "--out", masks_dir, "--overwrite")
+        got = np.asarray(Image.open(masks_dir / f"query{e}_mask.png"))  # white on black
+        reference.set_support(episode.support_images, episode.support_masks)
+        want = reference.segment(episode.query_image)
+        assert got.shape[:2] == want.shape == episode.query_image.shape[:2]
+        assert 0 < want.mean() < 1  # not a trivial mask
+        assert mask_iou(got > 127, want > 0) >= 0.99

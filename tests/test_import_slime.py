@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -145,18 +147,29 @@ def test_the_cli_refuses_an_existing_out_and_reports_errors_in_one_line(checkpoi
 
 
 @pytest.mark.slow
-def test_the_imported_embeddings_export_and_the_runtime_agrees_with_pytorch(checkpoint_dir, tmp_path):
-    from export.slime_build import build_slime
-    from modeling.predictor import TorchPartSegmenter
-    from runtime.parts import PartSegmenter
+def test_the_three_commands_of_the_recipe_give_the_pytorch_labels(checkpoint_dir, tmp_path):
+    """docs/released-models.md: import_slime, build_engine --slime, runtime.parts, each as a command line."""
+    from PIL import Image
 
-    path = run_import(checkpoint_dir, NAMES, tmp_path / "e.safetensors", base="tiny-random")
-    engines = build_slime(tmp_path / "engines", embedding=path, parity_images=1, max_side=256)
-    runtime = PartSegmenter.from_dir(engines, backend="onnxruntime")
-    reference = TorchPartSegmenter.from_embedding(path)
+    from modeling.predictor import TorchPartSegmenter
+    from runtime.images import save_png
+
+    path, engines, out = tmp_path / "e.safetensors", tmp_path / "engines", tmp_path / "parts"
+    for module, *args in (
+        ("train.import_slime", "--embeddings", checkpoint_dir, "--classes", ",".join(NAMES), "--base", "tiny-random",
+         "--out", path),
+        ("export.build_engine", "--slime", path, "--out", engines, "--parity-images", 1),
+    ):  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
     rng = np.random.default_rng(2)
-    for shape in ((64, 64, 3), (80, 56, 3)):
-        image = (rng.random(shape) * 255).astype(np.uint8)
-        got, want = runtime.segment(image), reference.segment(image)
-        assert got.shape == want.shape == shape[:2]
-        assert (got == want).mean() >= 0.99
+    images = [save_png((rng.random(shape) * 255).astype(np.uint8), tmp_path / f"im{i}.png", False)
+              for i, shape in enumerate(((64, 64, 3), (80, 56, 3)))]  # fmt: skip
+    command = [sys.executable, "-m", "runtime.parts", "--engines", engines, "--image", *images, "--out", out]
+    done = subprocess.run(list(map(str, command)), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = TorchPartSegmenter.from_embedding(path)
+    for image in images:
+        got = np.asarray(Image.open(out / f"{image.stem}_labels.png"))
+        want = reference.segment(np.asarray(Image.open(image)))
+        assert got.shape == want.shape and (got == want).mean() >= 0.99
