@@ -70,13 +70,14 @@ def timed_import(unet: Path, base: Path, out: Path) -> dict:
     """Runs the import CLI in a child process: its wall time, peak resident set and exit status."""
     command = [sys.executable, "-m", "train.import_diffews", "--unet", str(unet), "--base", str(base),
                "--out", str(out), "--overwrite"]  # fmt: skip
+    log = out.with_name(out.name + ".log")  # to a file, not a pipe: a pipe nobody reads can fill and block the child
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
+    with open(log, "wb") as stderr:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
-    stderr = child.stderr.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"error: the import of {unet} failed:\n{stderr[-2000:]}")
+        raise SystemExit(f"error: the import of {unet} failed:\n{log.read_text(errors='replace')[-2000:]}")
     return {"wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
 
 

@@ -11,9 +11,9 @@ anything else is refused with `CheckpointError` before any of it runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+
+from runtime.cli import one_line
+from runtime.manifest import file_sha256
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 # The names diffusers' save_pretrained writes, in the order they are looked for: safetensors first
@@ -58,14 +61,6 @@ class WeightFiles:
         return {path.name: file_sha256(path) for path in paths}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def find_weight_files(folder: Path) -> WeightFiles:
     """The weight files of diffusers model folder `folder` (the one holding config.json)."""
     for name, layout in WEIGHT_LAYOUTS:
@@ -76,8 +71,16 @@ def find_weight_files(folder: Path) -> WeightFiles:
             return WeightFiles((path,), layout)
         try:
             weight_map = json.loads(path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{path} is not a diffusers shard index (no weight_map: {err})") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path} is not a diffusers shard index ({one_line(err)})") from None
+        if (
+            not isinstance(weight_map, dict)
+            or not weight_map
+            or not all(isinstance(v, str) and Path(v).name == v for v in weight_map.values())
+        ):
+            raise CheckpointError(
+                f"{path} is not a diffusers shard index: its weight_map must map tensor names to shard file names"
+            )
         shards = tuple(sorted({folder / shard for shard in weight_map.values()}))
         missing = [shard.name for shard in shards if not shard.is_file()]
         if missing:
@@ -91,6 +94,15 @@ def find_weight_files(folder: Path) -> WeightFiles:
         f"{folder} holds no diffusers weights: expected {WEIGHTS_NAME}.safetensors or .bin (or a sharded "
         f"index of either); found {', '.join(present) or 'nothing'}"
     )
+
+
+def unreadable(path: Path, err: Exception) -> CheckpointError:
+    """The error for a weight file that cannot be read, naming the common cause of a git-lfs pointer."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return CheckpointError(f"{path} is a git-lfs pointer, not the weights; fetch them with `git lfs pull`")
+    return CheckpointError(f"{path} is not a readable {path.suffix.lstrip('.')} weight file ({one_line(err)[:300]})")
 
 
 def read_torch_pickle(path: Path) -> object:
@@ -107,15 +119,18 @@ def read_torch_pickle(path: Path) -> object:
         # are used instead of being copied into memory first, which would hold the weights twice.
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
-        # torch's message names the global the pickle wanted, e.g. "Unsupported global: GLOBAL posix.system".
-        reason = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), str(err).splitlines()[0])
+        # torch names the global a pickle wanted, e.g. "unsupported GLOBAL posix.system whose module
+        # posix is blocked". Any other unpickling failure is a damaged or foreign file, not an attack.
+        wanted = re.search(r"GLOBAL (\S+)", str(err))
+        if wanted is None:
+            raise unreadable(path, err) from None
         raise CheckpointError(
-            f"refused to read {path}: the pickle asks for more than tensors ({reason}), and unpickling it "
+            f"refused to read {path}: the pickle asks for {wanted.group(1)}, not only tensors, and unpickling it "
             "could run code. Only tensors and plain containers are read; if you trust the file, convert it "
             "to safetensors in a separate step and pass that"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable torch file ({str(err).splitlines()[0]})") from None
+        raise unreadable(path, err) from None
 
 
 def _read_one(path: Path) -> dict[str, torch.Tensor]:
@@ -123,7 +138,7 @@ def _read_one(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+            raise unreadable(path, err) from None
     state = read_torch_pickle(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")

@@ -9,6 +9,7 @@ in safetensors, a torch pickle, shards, and with their `in_channels_ref` config 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,11 +24,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from modeling.checkpoint_files import CheckpointError, read_state_dict
+from modeling.checkpoint_files import CheckpointError
 from modeling.diffews import unet_state_dict
 from modeling.diffews_folder import load_diffews, read_config
 from modeling.presets import build_model
-from runtime.files import OutputExistsError
+from runtime.files import OutputError, OutputExistsError
 from train import import_diffews
 from train.evaluate import model_card
 from train.import_diffews import import_diffews as run_import
@@ -87,7 +88,7 @@ def test_the_fixtures_are_in_the_layouts_claimed(release):
     assert (ckpt["bin"] / "diffusion_pytorch_model.bin").is_file()
     assert (ckpt["sharded"] / "diffusion_pytorch_model.safetensors.index.json").is_file()
     assert (ckpt["sharded-bin"] / "diffusion_pytorch_model.bin.index.json").is_file()
-    assert len(list(ckpt["sharded"].glob("*.safetensors"))) > 2
+    assert len(list(ckpt["sharded"].glob("*.safetensors"))) > 2 and len(list(ckpt["sharded-bin"].glob("*.bin"))) > 2
     assert "in_channels_ref" not in json.loads((release["converted"] / "unet" / "config.json").read_text())
     assert "conv_in_ref.weight" in load_file(str(release["converted"] / "unet" / "diffusion_pytorch_model.safetensors"))
 
@@ -106,13 +107,14 @@ def test_every_layout_imports_the_checkpoint_weights_unchanged(release, layout, 
     config = read_config(out)
     assert config["empty_prompt_tokens"] == 2 and config["resolution"] == RESOLUTION
     assert config["imported"]["weights"].startswith("torch pickle" if "bin" in layout else "safetensors")
-    assert all(len(d) == 64 for d in config["imported"]["sha256"].values())
+    files = [p for p in unet_dir.iterdir() if p.name != "config.json"]
+    assert config["imported"]["sha256"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     if layout == "in_channels_ref":
         assert config["imported"]["ignored_config_keys"] == {"in_channels_ref": 8}
     card = (out / "README.md").read_text()
     assert "imported from the authors' checkpoint" in card and str(unet_dir.resolve()) in card
-    evaluation_card = model_card(config, [], "python -m train.evaluate --card")  # what --card writes later
-    assert "Imported from the authors' checkpoint" in evaluation_card and str(unet_dir.resolve()) in evaluation_card
+    evaluation_card = model_card(config, [], "python -m train.evaluate --card", fold=2)  # what --card writes later
+    assert evaluation_card.startswith(card) and "## Evaluation (held-out categories of fold 2)" in evaluation_card
 
 
 class AuthorsBankProcessor:
@@ -141,7 +143,7 @@ class AuthorsBankProcessor:
 def authors_mask_latent(unet_dir, base, z_support, z_mask, z_query):
     """-UNet(query) after UNet(support), the authors' OI2M forward at t = 1 with the 2-token empty prompt."""
     unet = UNet2DConditionModel.from_pretrained(unet_dir, local_files_only=True).eval()  # drops conv_in_ref
-    state, _ = read_state_dict(unet_dir)
+    state = load_file(str(unet_dir / "diffusion_pytorch_model.safetensors"))  # not the importer's reader
     conv_in_ref = torch.nn.Conv2d(8, unet.conv_in.out_channels, 3, padding=1)
     conv_in_ref.load_state_dict({"weight": state["conv_in_ref.weight"], "bias": state["conv_in_ref.bias"]})
     unet.set_attn_processor(
@@ -171,10 +173,17 @@ def test_imported_query_output_equals_the_authors_forward(release, shots, tmp_pa
     assert (swapped - want).abs().max() > 1e-3  # the comparison sees the order [image, mask]
 
 
-def test_context_tokens_follow_the_flag(release, tmp_path):
-    out = run_import(release["converted"], release["base"], tmp_path / "m77", context_tokens=77, resolution=RESOLUTION)
-    assert read_config(out)["empty_prompt_tokens"] == 77
-    assert load_diffews(out).empty_embedding.shape[1] == 77
+@pytest.mark.parametrize("tokens, padding", [(2, "do_not_pad"), (77, "max_length")])
+def test_the_context_is_the_empty_prompt_padded_as_the_flag_says(release, tmp_path, tokens, padding):
+    out = tmp_path / "model"
+    import_diffews.main(["--unet", str(release["converted"]), "--base", str(release["base"]), "--out", str(out),
+                         "--resolution", str(RESOLUTION), "--context-tokens", str(tokens)])  # fmt: skip
+    pipe = StableDiffusionPipeline.from_pretrained(release["base"], local_files_only=True)
+    ids = pipe.tokenizer("", padding=padding, max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = pipe.text_encoder(ids)[0]
+    assert read_config(out)["empty_prompt_tokens"] == tokens == want.shape[1]
+    torch.testing.assert_close(load_diffews(out).empty_embedding, want, rtol=0, atol=0)
 
 
 def test_a_pickle_that_runs_code_is_refused_before_it_runs(release, tmp_path):
@@ -206,6 +215,50 @@ def edited_checkpoint(release, tmp_path, edit) -> str:
 def test_a_plain_sd_unet_names_the_missing_tensor_and_the_conversion_step(release, tmp_path):
     with pytest.raises(CheckpointError, match=r"no conv_in_ref\.weight.*load_ckpt_and_modify_ref8in_tag4in"):
         run_import(release["base"] / "unet", release["base"], tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_damaged_files_and_folders_get_clear_errors(release, tmp_path):
+    """A git-lfs pointer, a .bin of no state dict, a bad config or shard index, a lost shard: one clear error each."""
+    out = tmp_path / "model"
+
+    def copy(layout: str, name: str):
+        folder = tmp_path / name / "unet"
+        shutil.copytree(release["checkpoints"][layout], folder)
+        return folder
+
+    cases = []
+    lfs = copy("safetensors", "lfs")
+    (lfs / "diffusion_pytorch_model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0\n"
+    )
+    cases.append((lfs, r"is a git-lfs pointer, not the weights; fetch them with `git lfs pull`"))
+    garbage = copy("bin", "garbage")
+    (garbage / "diffusion_pytorch_model.bin").write_bytes(b"not a pickle at all")
+    cases.append((garbage, r"diffusion_pytorch_model.bin is not a readable bin weight file"))
+    tensor = copy("bin", "tensor")
+    torch.save(torch.zeros(3), tensor / "diffusion_pytorch_model.bin")
+    cases.append((tensor, r"holds a Tensor, not a state dict of tensors"))
+    config = copy("safetensors", "config")
+    (config / "config.json").write_text("{not json")
+    cases.append((config, r"config.json is not a readable diffusers config"))
+    wrong = copy("safetensors", "wrong-config")
+    (wrong / "config.json").write_text(json.dumps({"block_out_channels": 5}))
+    cases.append((wrong, r"config.json is not a UNet2DConditionModel config"))
+    lost = copy("sharded", "lost-shard")
+    next(lost.glob("*-00002-of-*.safetensors")).unlink()
+    cases.append((lost, r"names \d+ shards but diffusion_pytorch_model-00002-of-\d+.safetensors is missing"))
+    index = copy("sharded", "bad-index")
+    (index / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a"]}))
+    cases.append((index, r"its weight_map must map tensor names to shard file names"))
+    empty = tmp_path / "empty" / "unet"
+    empty.mkdir(parents=True)
+    shutil.copy(release["checkpoints"]["safetensors"] / "config.json", empty)
+    cases.append((empty, r"holds no diffusers weights: expected diffusion_pytorch_model.safetensors or .bin"))
+    for folder, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            run_import(folder, release["base"], out, resolution=RESOLUTION)
+        assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -217,6 +270,7 @@ def test_a_plain_sd_unet_names_the_missing_tensor_and_the_conversion_step(releas
         ),
         (lambda s: s.update({"conv_in.weight": s["conv_in_ref.weight"].clone()}), r"conv_in.weight is .*4 input"),
         (lambda s: s.pop("conv_in_ref.bias"), r"no conv_in_ref\.bias"),
+        (lambda s: s.pop("conv_in.weight"), r"no conv_in.weight / conv_in.bias: this is not a diffusers UNet"),
         (lambda s: s.pop("mid_block.resnets.0.conv1.weight"), r"do not fit its config.json"),
     ],
 )
@@ -232,6 +286,8 @@ def test_a_base_without_a_vae_or_of_another_width_is_refused(release, tmp_path):
     shutil.rmtree(incomplete / "vae")
     with pytest.raises(CheckpointError, match=r"has no vae/"):
         run_import(release["checkpoints"]["safetensors"], incomplete, tmp_path / "model")
+    with pytest.raises(CheckpointError, match=r"--base .* is a file, not a folder"):
+        run_import(release["checkpoints"]["safetensors"], incomplete / "model_index.json", tmp_path / "model")
     other = tmp_path / "wide-base"
     shutil.copytree(release["base"], other)
     text_encoder = CLIPTextModel.from_pretrained(other / "text_encoder")
@@ -240,6 +296,15 @@ def test_a_base_without_a_vae_or_of_another_width_is_refused(release, tmp_path):
     CLIPTextModel(wider).save_pretrained(other / "text_encoder")  # a base of another text width
     with pytest.raises(CheckpointError, match=r"cross-attends to 32-wide text but the base's text encoder is 48-wide"):
         run_import(release["checkpoints"]["safetensors"], other, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_an_out_that_holds_the_source_is_refused_even_with_overwrite(release, tmp_path):
+    source = tmp_path / "release"
+    shutil.copytree(release["checkpoints"]["safetensors"].parent, source / "checkpoint-2000")
+    with pytest.raises(OutputError, match=r"holds --unet .*would replace the import's source"):
+        run_import(source / "checkpoint-2000" / "unet", release["base"], source, overwrite=True)
+    assert (source / "checkpoint-2000" / "unet" / "config.json").is_file()
 
 
 def test_the_cli_refuses_an_existing_out_and_reports_errors_in_one_line(release, tmp_path, capsys):

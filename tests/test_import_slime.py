@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from modeling.slime_embedding import load_slime, weights_hash
 from modeling.text_embeddings import empty_text_embedding, text_embedding
 from runtime.files import OutputExistsError
 from train import import_slime
+from train import slime as train_slime
 from train.import_slime import import_slime as run_import
 
 NAMES = ["background", "head", "body", "tail"]
@@ -64,7 +66,9 @@ def test_the_imported_context_is_the_one_the_authors_test_with(base, authors_row
     assert embedding.settings.bgr  # the authors' code since 2023-09-28 feeds BGR
     assert embedding.layers == model.layers and len(embedding.layers.cross) == 3
     imported = embedding.info["imported"]
-    assert imported["channel_order"] == "bgr" and sorted(imported["sha256"]) == [f"embedding_{i}.pth" for i in range(3)]
+    files = sorted(checkpoint_dir.glob("*.pth"))
+    assert imported["channel_order"] == "bgr"
+    assert imported["sha256"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     scores = model.segment_crops((np.random.default_rng(0).random((1, 64, 64, 3)) * 255).astype(np.uint8))
     assert scores.shape == (1, len(NAMES), 64, 64) and np.isfinite(scores).all()
 
@@ -84,6 +88,27 @@ def test_rgb_order_and_the_text_prompt_are_recorded(base, checkpoint_dir, tmp_pa
 def test_the_file_count_must_match_the_classes(checkpoint_dir, classes, tmp_path):
     with pytest.raises(CheckpointError, match=rf"names {len(classes)} classes .* 3 embedding files, i.e. 3 parts"):
         run_import(checkpoint_dir, classes, tmp_path / "e.safetensors", base="tiny-random")
+    assert not (tmp_path / "e.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ("background,,body", "has an empty name"),
+        ("background", "at least one part"),
+        ("a,b,a", "names a more than once"),
+    ],
+)
+def test_the_class_list_is_checked_as_train_slime_checks_it(checkpoint_dir, tmp_path, classes, message, capsys):
+    out = str(tmp_path / "e.safetensors")
+    commands = {
+        import_slime.main: ["--embeddings", str(checkpoint_dir), "--classes", classes, "--out", out],
+        train_slime.main: ["--images", "a.png", "--masks", "a.png", "--classes", classes, "--out", out],
+    }
+    for main, args in commands.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_gaps_strays_and_misshapen_files_get_clear_errors(checkpoint_dir, tmp_path):
@@ -104,6 +129,12 @@ def test_gaps_strays_and_misshapen_files_get_clear_errors(checkpoint_dir, tmp_pa
     torch.save({"embedding": torch.zeros(1, 1, 32)}, checkpoint_dir / "embedding_1.pth")
     with pytest.raises(CheckpointError, match=r"embedding_1.pth holds a dict"):
         run_import(checkpoint_dir, NAMES, out, base="tiny-random")
+    torch.save(torch.full((1, 1, 32), float("nan")), checkpoint_dir / "embedding_1.pth")
+    with pytest.raises(CheckpointError, match=r"embedding_1.pth holds NaN or infinite values"):
+        run_import(checkpoint_dir, NAMES, out, base="tiny-random")
+    torch.save(torch.zeros(1, 1, 32), checkpoint_dir / "embedding_01.pth")  # not a name f"embedding_{i}.pth" gives
+    with pytest.raises(CheckpointError, match=r"not embedding_<i>.pth \(embedding_01.pth\)"):
+        run_import(checkpoint_dir, NAMES, out, base="tiny-random")
     with pytest.raises(CheckpointError, match=r"holds no embedding_<i>.pth"):
         run_import(tmp_path, NAMES, out, base="tiny-random")
     assert not out.exists()
@@ -117,9 +148,9 @@ def test_a_pickle_that_runs_code_is_refused_before_it_runs(checkpoint_dir, tmp_p
             return os.system, (f"touch {marker}",)
 
     torch.save(Payload(), checkpoint_dir / "embedding_2.pth")
-    with pytest.raises(CheckpointError, match=r"refused to read .*embedding_2.pth"):
+    with pytest.raises(CheckpointError, match=r"refused to read .*embedding_2.pth: the pickle asks for posix.system"):
         run_import(checkpoint_dir, NAMES, tmp_path / "e.safetensors", base="tiny-random")
-    assert not marker.exists()
+    assert not marker.exists() and not (tmp_path / "e.safetensors").exists()
 
 
 def test_the_cli_refuses_an_existing_out_and_reports_errors_in_one_line(checkpoint_dir, tmp_path, capsys):

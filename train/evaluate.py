@@ -143,25 +143,33 @@ DATA_NOTES = {
 }
 
 
-def model_card(config: dict, rows: list[dict], command: str) -> str:
-    """README.md of a DiffewS model folder: what it is, how it was trained, its evaluation table."""
+def evaluation_section(rows: list[dict], command: str, fold: int) -> str:
+    """The model card's evaluation table, with the command that measured it."""
+    return f"""## Evaluation (held-out categories of fold {fold})
+
+Command: `{command}`
+
+{fewshot_table(rows)}
+
+HSNet protocol: {rows[0]["episodes"] if rows else "?"} episodes per shot setting from seed 0;
+per-class foreground IoU summed over episodes, mIoU = mean over classes; FB-IoU = mean of the
+background and foreground IoU summed over classes. Baselines on the same episodes.
+"""
+
+
+def model_card(config: dict, rows: list[dict], command: str, fold: int) -> str:
+    """README.md of a DiffewS model folder: what it is, how it was trained (or where it was imported
+    from), its evaluation table on `fold`."""
+    if "imported" in config:  # python -m train.import_diffews: the authors trained it, keep its card
+        from train.import_diffews import model_card as imported_card
+
+        return imported_card(config) + "\n" + evaluation_section(rows, command, fold)
     training = config.get("training", {})
     data = config.get("data", {})
     minutes = training.get("wall_time_s", 0) / 60
     note = f" ({training['wall_time_note']})" if training.get("wall_time_note") else ""
     keys = ("steps", "lr", "weight_decay", "episodes", "grad_accum", "max_shots", "clip", "seed", "mixed_precision")
     recipe = ", ".join(f"{k} {training[k]}" for k in keys if k in training)
-    if "imported" in config:  # python -m train.import_diffews: the authors trained it, not this toolkit
-        imported = config["imported"]
-        origin = f"""Imported from the authors' checkpoint `{imported["unet"]}` ({imported["weights"]}), the weights
-unchanged; VAE and {imported["context_tokens"]}-token empty-prompt embedding from `{imported["base"]}`.
-Command: `{imported.get("command") or "?"}`"""
-    else:
-        origin = f"""Command: `{training.get("command", "?")}`
-
-Data: {data.get("source")} fold {data.get("fold")} ({DATA_NOTES.get(data.get("source"), "training classes only")}). Recipe: {recipe}.
-Wall time {minutes:.1f} min on {training.get("device", "?")} with {training.get("torch_threads", "?")} threads{note};
-mean loss of the last 50 steps {training.get("final_loss_mean_last_50")}."""
     return f"""# DiffewS model fine-tuned from `{config.get("base")}`
 
 One-step few-shot segmentation (DiffewS, OI2M): support image + mask and query image in, query mask
@@ -179,18 +187,13 @@ masks = model.segment(query_images, bank)  # (B, H, W, 3) uint8 -> (B, H, W) boo
 
 ## Training
 
-{origin}
+Command: `{training.get("command", "?")}`
 
-## Evaluation (held-out categories of fold {data.get("fold")})
+Data: {data.get("source")} fold {data.get("fold")} ({DATA_NOTES.get(data.get("source"), "training classes only")}). Recipe: {recipe}.
+Wall time {minutes:.1f} min on {training.get("device", "?")} with {training.get("torch_threads", "?")} threads{note};
+mean loss of the last 50 steps {training.get("final_loss_mean_last_50")}.
 
-Command: `{command}`
-
-{fewshot_table(rows)}
-
-HSNet protocol: {rows[0]["episodes"] if rows else "?"} episodes per shot setting from seed 0;
-per-class foreground IoU summed over episodes, mIoU = mean over classes; FB-IoU = mean of the
-background and foreground IoU summed over classes. Baselines on the same episodes.
-"""
+{evaluation_section(rows, command, fold)}"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
         command = "python -m train.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
         write_text(args.model / "evaluation.json", json.dumps(result, indent=1))
-        write_text(args.model / "README.md", model_card(read_config(args.model), rows, command))
+        write_text(args.model / "README.md", model_card(read_config(args.model), rows, command, args.fold))
     return 0
 
 

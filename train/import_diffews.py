@@ -22,7 +22,6 @@ the resolution the authors fine-tuned and evaluated at.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -35,13 +34,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from accelerate import init_empty_weights  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from transformers import AutoTokenizer, CLIPTextModel  # noqa: E402
 
 from modeling.checkpoint_files import CheckpointError, WeightFiles, read_state_dict  # noqa: E402
 from modeling.diffews import DiffewsModel, load_unet_state_dict  # noqa: E402
 from modeling.diffews_folder import save_diffews  # noqa: E402
 from modeling.text_embeddings import EMPTY_PROMPT_TOKENS, empty_text_embedding  # noqa: E402
-from runtime.cli import refuse_to_overwrite  # noqa: E402
+from runtime.cli import one_line, refuse_to_overwrite  # noqa: E402
 from runtime.files import OutputError, check_writable, replacing_folder, write_text  # noqa: E402
 
 AUTHORS_CONTEXT_TOKENS = 2  # their evaluation pipeline tokenizes "" without padding
@@ -65,20 +65,38 @@ def unet_folder(path: Path) -> Path:
     )
 
 
-def unet_config(folder: Path) -> tuple[dict, dict]:
-    """(the arguments UNet2DConditionModel takes, the other keys of config.json, ignored)."""
+def meta_unet(folder: Path) -> tuple[UNet2DConditionModel, dict]:
+    """The UNet that `folder/config.json` describes, on the meta device (no memory for weights the
+    checkpoint's replace), and the config keys diffusers' UNet does not take (ignored, recorded)."""
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{folder / 'config.json'} is not JSON ({err})") from None
-    accepted = set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
-    arguments = {k: v for k, v in config.items() if k in accepted}
-    extra = {k: v for k, v in config.items() if k not in accepted and not k.startswith("_")}
-    return arguments, extra
+        config = UNet2DConditionModel.load_config(folder)
+    except (OSError, ValueError) as err:  # diffusers reports bad JSON as an EnvironmentError
+        raise CheckpointError(
+            f"{folder / 'config.json'} is not a readable diffusers config ({one_line(err)})"
+        ) from None
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its "not expected and will be ignored" warning: recorded instead
+    try:
+        with init_empty_weights():
+            unet, unused = UNet2DConditionModel.from_config(config, return_unused_kwargs=True)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise CheckpointError(
+            f"{folder / 'config.json'} is not a UNet2DConditionModel config ({one_line(err)})"
+        ) from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    return unet.eval(), {k: v for k, v in unused.items() if not k.startswith("_")}
 
 
-def check_input_convs(state: dict[str, torch.Tensor], config: dict, extra: dict, latent_channels: int) -> None:
+def check_input_convs(
+    state: dict[str, torch.Tensor], unet: UNet2DConditionModel, extra: dict, latent_channels: int
+) -> None:
     """Raises CheckpointError unless conv_in takes the query latent and conv_in_ref the support's two latents."""
+    if "conv_in.weight" not in state or "conv_in.bias" not in state:
+        raise CheckpointError(
+            "the weights have no conv_in.weight / conv_in.bias: this is not a diffusers UNet2DConditionModel "
+            "checkpoint; pass the checkpoint's unet/ folder"
+        )
     missing = [name for name in ("conv_in_ref.weight", "conv_in_ref.bias") if name not in state]
     if missing:
         raise CheckpointError(
@@ -99,9 +117,9 @@ def check_input_convs(state: dict[str, torch.Tensor], config: dict, extra: dict,
             f"conv_in_ref.weight {tuple(support.shape)} does not match conv_in.weight {tuple(query.shape)} "
             "in output channels or bias: both streams feed the same first block"
         )
-    if config.get("in_channels", latent_channels) != latent_channels:
+    if unet.config.in_channels != latent_channels:
         raise CheckpointError(
-            f"config.json says in_channels {config['in_channels']}, but DiffewS's query stream takes the "
+            f"config.json says in_channels {unet.config.in_channels}, but DiffewS's query stream takes the "
             f"{latent_channels}-channel latent alone"
         )
     if "in_channels_ref" in extra and extra["in_channels_ref"] != 2 * latent_channels:
@@ -114,9 +132,8 @@ def check_input_convs(state: dict[str, torch.Tensor], config: dict, extra: dict,
 def load_base_parts(base: Path) -> tuple[AutoencoderKL, CLIPTextModel, object]:
     """The base pipeline's VAE, text encoder and tokenizer (its UNet is not read: the checkpoint replaces it)."""
     if not base.is_dir():
-        raise CheckpointError(
-            f"--base {base} does not exist; pass the SD 2.1 pipeline folder the checkpoint was trained from"
-        )
+        state = "is a file, not a folder" if base.exists() else "does not exist"
+        raise CheckpointError(f"--base {base} {state}; pass the SD 2.1 pipeline folder the checkpoint was trained from")
     missing = [part for part in ("vae", "text_encoder", "tokenizer") if not (base / part).is_dir()]
     if missing:
         raise CheckpointError(
@@ -136,7 +153,7 @@ def load_base_parts(base: Path) -> tuple[AutoencoderKL, CLIPTextModel, object]:
         try:
             parts[part] = load(base / part)
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"--base {base}: cannot load {part}/ ({str(err).splitlines()[0]})") from None
+            raise CheckpointError(f"--base {base}: cannot load {part}/ ({one_line(err)[:300]})") from None
     vae, text_encoder, tokenizer = parts["vae"], parts["text_encoder"], parts["tokenizer"]
     return vae.eval(), text_encoder.eval(), tokenizer
 
@@ -144,15 +161,10 @@ def load_base_parts(base: Path) -> tuple[AutoencoderKL, CLIPTextModel, object]:
 def read_checkpoint(unet_dir: Path, latent_channels: int) -> tuple[UNet2DConditionModel, dict, dict, WeightFiles]:
     """The checkpoint's UNet on the meta device (weights not yet loaded, conv_in_ref not yet attached),
     its weights, the ignored config keys and the files read."""
-    config, extra = unet_config(unet_dir)
+    unet, extra = meta_unet(unet_dir)  # a bad config fails before gigabytes of weights are read
     state, files = read_state_dict(unet_dir)
-    check_input_convs(state, config, extra, latent_channels)
-    try:
-        with init_empty_weights():  # no memory for random weights the checkpoint's replace
-            unet = UNet2DConditionModel(**config)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{unet_dir / 'config.json'} is not a UNet2DConditionModel config ({err})") from None
-    return unet.eval(), state, extra, files
+    check_input_convs(state, unet, extra, latent_channels)
+    return unet, state, extra, files
 
 
 def import_diffews(
@@ -184,6 +196,9 @@ def import_diffews(
         raise CheckpointError(f"resolution must be a positive multiple of 8 (the VAE's factor), got {resolution}")
     unet_dir, base, out = unet_folder(Path(unet)), Path(base), Path(out)
     check_writable(out, overwrite, folder=True)  # before reading gigabytes of weights
+    for source, flag in ((unet_dir, "--unet"), (base, "--base")):
+        if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
+            raise OutputError(f"--out {out} holds {flag} {source}: writing it would replace the import's source")
     vae, text_encoder, tokenizer = load_base_parts(base)
     model_unet, state, extra, files = read_checkpoint(unet_dir, vae.config.latent_channels)
     width = text_encoder.config.hidden_size
@@ -192,14 +207,19 @@ def import_diffews(
             f"the UNet cross-attends to {model_unet.config.cross_attention_dim}-wide text but the base's text "
             f"encoder is {width}-wide: --base is not the model this checkpoint was fine-tuned from"
         )
-    embedding = empty_text_embedding(text_encoder, tokenizer, context_tokens)
-    del text_encoder
-    model = DiffewsModel(model_unet, vae, embedding, resolution)
+    try:
+        embedding = empty_text_embedding(text_encoder, tokenizer, context_tokens)
+        del text_encoder
+        model = DiffewsModel(model_unet, vae, embedding, resolution)
+    except ValueError as err:  # e.g. a tokenizer that does not give BOS, EOS for the empty prompt
+        raise CheckpointError(f"--base {base}: {one_line(err)}") from None
     try:
         load_unet_state_dict(model.unet, {k: v.float() for k, v in state.items()}, assign=True)
     except RuntimeError as err:  # strict loading: names or shapes that do not fit the config
-        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-        raise CheckpointError(f"the weights in {unet_dir} do not fit its config.json: {first[:400]}") from None
+        detail = "\n".join(str(err).splitlines()[1:]) or str(err)  # torch's first line only says "Error(s) in ..."
+        raise CheckpointError(
+            f"the weights in {unet_dir} do not fit its config.json: {one_line(detail)[:400]}"
+        ) from None
     del state
     info = {
         "base": str(base),
@@ -217,13 +237,13 @@ def import_diffews(
     }
     with replacing_folder(out, overwrite=overwrite) as staging:
         save_diffews(model, staging, info, dtype=save_dtype)
-        write_text(staging / "README.md", model_card(info, resolution))
+        write_text(staging / "README.md", model_card({**info, "resolution": resolution}))
     return out
 
 
-def model_card(info: dict, resolution: int) -> str:
-    """README.md of an imported model folder: where it came from, what was checked, what was not."""
-    imported = info["imported"]
+def model_card(config: dict) -> str:
+    """README.md of an imported model folder (`config`: its diffews.json): where it came from, what was checked."""
+    imported, resolution = config["imported"], config["resolution"]
     files = "\n".join(f"- `{name}`: sha256 `{digest}`" for name, digest in imported["sha256"].items())
     tokens = imported["context_tokens"]
     context = (

@@ -27,14 +27,16 @@ from pathlib import Path
 
 import torch
 
-from modeling.checkpoint_files import CheckpointError, file_sha256, read_torch_pickle
+from modeling.checkpoint_files import CheckpointError, read_torch_pickle
 from modeling.presets import ModelFolderError, build_model
 from modeling.slime import SlimeModel, SlimeSettings, default_token_threshold
 from modeling.slime_embedding import SlimeEmbedding, weights_hash
 from runtime.cli import refuse_to_overwrite
 from runtime.files import OutputError, check_writable
+from runtime.manifest import file_sha256
+from train.slime import parse_class_names
 
-EMBEDDING_FILE = re.compile(r"embedding_(\d+)\.pth")
+EMBEDDING_FILE = re.compile(r"embedding_(0|[1-9]\d*)\.pth")  # as written by f"embedding_{i}.pth": no leading zeros
 CHANNEL_ORDERS = ("bgr", "rgb")
 
 
@@ -120,12 +122,17 @@ def import_slime(
     """
     if channel_order not in CHANNEL_ORDERS:
         raise CheckpointError(f"channel order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
-    if len(set(class_names)) != len(class_names) or len(class_names) < 2:
-        raise CheckpointError(f"--classes needs the background and at least one part, no repeats: {class_names}")
+    try:
+        parse_class_names(",".join(class_names))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     check_writable(out, overwrite)
     files = embedding_files(embeddings)
     check_class_count(files, class_names)
-    components = build_model(base, path=base_path)
+    try:
+        components = build_model(base, path=base_path)
+    except KeyError as err:  # an unknown preset: its message is the one argument
+        raise CheckpointError(f"--base: {err.args[0]}") from None
     rows = read_part_rows(files, components.text_encoder.config.hidden_size)
     threshold = default_token_threshold(components.preset) if token_threshold is None else token_threshold
     settings = SlimeSettings(threshold, bgr=channel_order == "bgr", suppress_first_kept=suppress_first_kept)
@@ -169,7 +176,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
-    args.class_names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    try:
+        args.class_names = parse_class_names(args.classes)
+    except ValueError as err:
+        parser.error(str(err))
     refuse_to_overwrite([args.out], args.overwrite)
     return args
 
@@ -185,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     except (CheckpointError, ModelFolderError, OutputError) as err:
         raise SystemExit(f"error: {err}") from None
-    except KeyError as err:  # an unknown --base: its message is the one argument
-        raise SystemExit(f"error: {err.args[0]}") from None
     print(f"imported: {out} ({len(args.class_names)} classes)")
     return 0
 

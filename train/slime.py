@@ -53,6 +53,19 @@ class SlimeRecipe:
     seed: int = 0
 
 
+def parse_class_names(text: str) -> list[str]:
+    """--classes "background,head,body" -> the names; ValueError for fewer than two, an empty or a repeated one."""
+    names = [name.strip() for name in text.split(",")]
+    if any(not name for name in names):
+        raise ValueError(f"--classes {text!r} has an empty name; separate the names by single commas")
+    if len(names) < 2:
+        raise ValueError("--classes needs the background and at least one part, e.g. background,head,body")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--classes names {', '.join(repeated)} more than once")
+    return names
+
+
 def check_examples(examples: list[Example], num_classes: int, what: str) -> None:
     """Raises ValueError when an image and its labels differ in size or the labels exceed the classes."""
     if not examples:
@@ -177,11 +190,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
-    args.class_names = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if len(args.class_names) < 2:
-        parser.error("--classes needs the background and at least one part, e.g. background,head,body")
-    if len(set(args.class_names)) != len(args.class_names):
-        parser.error("--classes has a repeated name")
+    try:
+        args.class_names = parse_class_names(args.classes)
+    except ValueError as err:
+        parser.error(str(err))
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
     refuse_to_overwrite([args.out], args.overwrite)
