@@ -94,9 +94,9 @@ def test_the_file_count_must_match_the_classes(checkpoint_dir, classes, tmp_path
 @pytest.mark.parametrize(
     "classes, message",
     [
-        ("background,,body", "has an empty name"),
+        ("background,,body", "has an empty class name"),
         ("background", "at least one part"),
-        ("a,b,a", "names a more than once"),
+        ("a,b,a", "a named more than once"),
     ],
 )
 def test_the_class_list_is_checked_as_train_slime_checks_it(checkpoint_dir, tmp_path, classes, message, capsys):

@@ -34,7 +34,7 @@ from modeling.slime_embedding import SlimeEmbedding, weights_hash
 from runtime.cli import refuse_to_overwrite
 from runtime.files import OutputError, check_writable
 from runtime.manifest import file_sha256
-from train.slime import parse_class_names
+from train.slime import class_list, parse_class_names
 
 EMBEDDING_FILE = re.compile(r"embedding_(0|[1-9]\d*)\.pth")  # as written by f"embedding_{i}.pth": no leading zeros
 CHANNEL_ORDERS = ("bgr", "rgb")
@@ -125,7 +125,7 @@ def import_slime(
     try:
         parse_class_names(",".join(class_names))
     except ValueError as err:
-        raise CheckpointError(str(err)) from None
+        raise CheckpointError(f"class names: {err}") from None
     check_writable(out, overwrite)
     files = embedding_files(embeddings)
     check_class_count(files, class_names)
@@ -161,7 +161,9 @@ def import_slime(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embeddings", type=Path, required=True, help="folder of embedding_0.pth ...")
-    parser.add_argument("--classes", required=True, help="comma-separated class names, background first")
+    parser.add_argument(
+        "--classes", type=class_list, required=True, help="comma-separated class names, background first"
+    )
     parser.add_argument("--base", default="sd21-base", help="preset (sd21-base, synth, ...) or pipeline folder")
     parser.add_argument("--base-path", default=None, help="local weights folder of presets that need one")
     parser.add_argument("--out", type=Path, required=True, help="the embedding file to write (.safetensors)")
@@ -176,10 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
-    try:
-        args.class_names = parse_class_names(args.classes)
-    except ValueError as err:
-        parser.error(str(err))
+    args.class_names = args.classes
     refuse_to_overwrite([args.out], args.overwrite)
     return args
 

@@ -54,16 +54,24 @@ class SlimeRecipe:
 
 
 def parse_class_names(text: str) -> list[str]:
-    """--classes "background,head,body" -> the names; ValueError for fewer than two, an empty or a repeated one."""
+    """ "background,head,body" -> the names; ValueError for fewer than two, an empty or a repeated one."""
     names = [name.strip() for name in text.split(",")]
     if any(not name for name in names):
-        raise ValueError(f"--classes {text!r} has an empty name; separate the names by single commas")
+        raise ValueError(f"{text!r} has an empty class name; separate the names by single commas")
     if len(names) < 2:
-        raise ValueError("--classes needs the background and at least one part, e.g. background,head,body")
+        raise ValueError("name the background and at least one part, e.g. background,head,body")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"--classes names {', '.join(repeated)} more than once")
+        raise ValueError(f"{', '.join(repeated)} named more than once")
     return names
+
+
+def class_list(text: str) -> list[str]:
+    """`--classes` for argparse: `parse_class_names`, its error reported as a usage error."""
+    try:
+        return parse_class_names(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def check_examples(examples: list[Example], num_classes: int, what: str) -> None:
@@ -162,7 +170,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-path", default=None, help="local weights folder of presets that need one")
     parser.add_argument("--images", type=Path, nargs="+", required=True, help="1 to 10 training images")
     parser.add_argument("--masks", type=Path, nargs="+", required=True, help="their part labels (PNG or .npy)")
-    parser.add_argument("--classes", required=True, help="comma-separated class names, background first")
+    parser.add_argument(
+        "--classes", type=class_list, required=True, help="comma-separated class names, background first"
+    )
     parser.add_argument("--out", type=Path, required=True, help="the embedding file to write (.safetensors)")
     parser.add_argument("--val-images", type=Path, nargs="*", default=[], help="validation images (default: train)")
     parser.add_argument("--val-masks", type=Path, nargs="*", default=[], help="their part labels")
@@ -190,10 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
-    try:
-        args.class_names = parse_class_names(args.classes)
-    except ValueError as err:
-        parser.error(str(err))
+    args.class_names = args.classes
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
     refuse_to_overwrite([args.out], args.overwrite)
