@@ -110,7 +110,7 @@ def train_ldm(
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     scheduler = DDPMScheduler.from_config(configs.SD_SCHEDULER)
     ckpt, log = run_dir / "checkpoints" / "ldm", LossLog(run_dir / "logs" / "ldm.jsonl")
-    start = resume(ckpt, modules, optimizer, log, "the text encoder and UNet")
+    start, _ = resume(ckpt, modules, optimizer, log, "the text encoder and UNet")
 
     vae.eval().requires_grad_(False)
     means, stds, captions = encode_pool(vae, world, recipe.pool_size, recipe.single_object_fraction)

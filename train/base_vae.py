@@ -93,7 +93,7 @@ def train_vae(world: SyntheticWorld, run_dir: Path, recipe: VaeRecipe, seed: int
     vae = AutoencoderKL(**configs.SYNTH_VAE)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
     ckpt, log = run_dir / "checkpoints" / "vae", LossLog(run_dir / "logs" / "vae.jsonl")
-    start = resume(ckpt, {"vae": vae}, optimizer, log, "the VAE")
+    start, _ = resume(ckpt, {"vae": vae}, optimizer, log, "the VAE")
     vae.train()
     bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, desc="VAE", unit="step")
     for step in bar:

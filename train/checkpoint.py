@@ -59,11 +59,20 @@ def load_checkpoint(
     return int(meta["step"]), meta.get("extra", {})
 
 
-def resume(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, log, what: str) -> int:
-    """Restores the checkpoint in `folder` if there is one and trims `log` (a LossLog) to it; returns the start step."""
+def resume(
+    folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, log, what: str | None
+) -> tuple[int, dict]:
+    """Restores the checkpoint in `folder` if there is one and trims `log` (a LossLog) to it.
+
+    log, what: None in the processes of a multi-process run that write no files and print nothing.
+    Returns:
+        (the start step, the checkpoint's `extra`); (0, {}) without a checkpoint.
+    """
     if not folder.exists():
-        return 0
-    step, _ = load_checkpoint(folder, modules, optimizer)
-    log.drop_from(step)
-    print(f"resuming {what} at step {step}")
-    return step
+        return 0, {}
+    step, extra = load_checkpoint(folder, modules, optimizer)
+    if log is not None:
+        log.drop_from(step)
+    if what:
+        print(f"resuming {what} at step {step}")
+    return step, extra

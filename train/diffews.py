@@ -21,7 +21,6 @@ overwritten unless `--overwrite` is given.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
 from tqdm import tqdm
 
 from modeling.diffews import DiffewsModel
@@ -64,77 +65,137 @@ class DiffewsRecipe:
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 500
+    log_every: int = 10
     seed: int = 42
     empty_prompt_tokens: int = 77
     attention: str = "sdpa"
 
 
-def autocast_context(device: torch.device, mixed_precision: str):
-    """(context manager, GradScaler or None) for the chosen precision; "auto" is fp16 on CUDA, fp32 elsewhere."""
-    if mixed_precision == "auto":
-        mixed_precision = "fp16" if device.type == "cuda" else "no"
-    if mixed_precision == "no":
-        return contextlib.nullcontext(), None
-    if mixed_precision == "fp16" and device.type != "cuda":
+def mixed_precision_mode(choice: str, cpu: bool) -> str:
+    """accelerate's mixed-precision mode for `--mixed-precision`: "auto" is fp16 on CUDA and "no" on the CPU."""
+    if choice == "auto":
+        return "no" if cpu else "fp16"
+    if choice == "fp16" and cpu:
         raise ValueError("fp16 mixed precision needs a CUDA device; use --mixed-precision bf16 or no on the CPU")
-    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda") if mixed_precision == "fp16" else None
-    return torch.autocast(device.type, dtype=dtype), scaler
+    return choice
+
+
+def make_accelerator(recipe: DiffewsRecipe, device: str | None = None) -> Accelerator:
+    """The accelerate engine of a run: one process, or one per rank under `accelerate launch` / `torchrun`.
+
+    Args:
+        device: "cpu" forces the CPU (gloo between processes); None: CUDA where there is one.
+    """
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    return Accelerator(
+        gradient_accumulation_steps=recipe.grad_accum,
+        mixed_precision=mixed_precision_mode(recipe.mixed_precision, cpu),
+        cpu=cpu,  # also what makes torchrun's processes a MULTI_CPU (gloo) job without ACCELERATE_USE_CPU
+    )
+
+
+class EpisodeLoss(nn.Module):
+    """One micro-batch's objective as one module: support stream, query stream and the MSE.
+
+    DistributedDataParallel wraps this (not the UNet), so that it sees one forward per backward
+    although the UNet runs twice, once per stream.
+    """
+
+    def __init__(self, model: DiffewsModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, support, support_mask, query, query_mask) -> torch.Tensor:
+        """(B, S, 4, h, w) x 2, (B, 4, h, w) x 2 latents -> the mean squared error of the query output to -z_mask."""
+        bank = self.model.support_bank(support, support_mask)
+        output = self.model.query_output(query, bank)
+        return F.mse_loss(output.float(), -query_mask)
+
+
+def episode_seed(seed: int, step: int, micro: int, index: int) -> int:
+    """The posterior-noise seed of episode `index` of the job's micro-batch `micro` at optimiser `step`."""
+    return int(np.random.SeedSequence([seed, TRAIN_STAGE, step, micro, index]).generate_state(1)[0])
+
+
+def rank_episodes(sampler: EpisodeSampler, rng: np.random.Generator, per_rank: int, rank: int, world: int) -> list:
+    """This rank's share of one micro-batch of the whole job: `per_rank` x `world` episode ids are drawn
+    (cheap: indices only), the rank loads its own slice. The job's batch so depends on the seed and
+    the step only, so a run on N processes trains on the same episodes as one process with N times
+    the batch, and a checkpoint resumes on any number of processes at the same data position."""
+    ids = [sampler.sample_ids(rng) for _ in range(per_rank * world)]
+    return [sampler.episode(*i) for i in ids[rank * per_rank : (rank + 1) * per_rank]]
 
 
 def train_diffews(
-    model: DiffewsModel, source, out: Path, recipe: DiffewsRecipe, device: torch.device, progress: bool = True
+    model: DiffewsModel,
+    source,
+    out: Path,
+    recipe: DiffewsRecipe,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Runs (or resumes) fine-tuning in place on `model`; returns a summary. Checkpoints go to out/checkpoints."""
+    """Runs (or resumes) fine-tuning in place on `model`; returns a summary. Checkpoints go to out/checkpoints.
+
+    Under `accelerate launch` or `torchrun` every process runs this; only the main one writes files.
+    Each optimiser step takes `grad_accum` micro-batches of `episodes` episodes per process.
+    """
+    accelerator = accelerator or make_accelerator(recipe)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     unet = model.unet
-    model.to(device)
+    model.to(accelerator.device)
     model.train()
     model.vae.eval()
     model.gradient_checkpointing = recipe.gradient_checkpointing
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=recipe.lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay, eps=1e-8
     )
-    ckpt, log = out / "checkpoints" / "diffews", LossLog(out / "logs" / "train.jsonl")
-    start = resume(ckpt, {"unet": unet}, optimizer, log, "DiffewS")
+    ckpt = out / "checkpoints" / "diffews"
+    log = LossLog(out / "logs" / "train.jsonl") if main else None
+    start, saved = resume(ckpt, {"unet": unet}, optimizer, log, "DiffewS" if main else None)
+    batch = {"global_batch": recipe.episodes * recipe.grad_accum * world, "world_size": world}
+    if main and saved.get("global_batch", batch["global_batch"]) != batch["global_batch"]:
+        print(
+            f"warning: the checkpoint was trained with a global batch of {saved['global_batch']} "
+            f"({saved['world_size']} process(es)); this run's is {batch['global_batch']} (episodes x grad_accum x "
+            "processes): the recipe changes from here on. Keep the product the same to continue it unchanged",
+            file=sys.stderr,
+        )
+    objective, optimizer = accelerator.prepare(EpisodeLoss(model), optimizer)
     cache = PosteriorCache(model.vae, model.resolution)
     samplers: dict[int, EpisodeSampler] = {}
-    autocast, scaler = autocast_context(device, recipe.mixed_precision)
-    bar = tqdm(range(start, recipe.steps), initial=start, total=recipe.steps, desc="DiffewS", disable=not progress)
+    bar = tqdm(
+        range(start, recipe.steps), initial=start, total=recipe.steps, desc="DiffewS", disable=not (progress and main)
+    )
     losses = []
     for step in bar:
         rng = np.random.default_rng([recipe.seed, TRAIN_STAGE, step])  # data of a step never depends on resume
         seed_step(recipe.seed, TRAIN_STAGE, step)
         set_lr(optimizer, linear_lr(step, recipe.steps, recipe.lr, recipe.lr_end))
-        step_loss, shots = 0.0, []
-        for _ in range(recipe.grad_accum):
-            k = int(rng.integers(1, recipe.max_shots + 1))
+        step_loss, shots = torch.zeros((), device=accelerator.device), []
+        for micro in range(recipe.grad_accum):
+            k = int(rng.integers(1, recipe.max_shots + 1))  # one k per micro-batch of the whole job
             sampler = samplers.setdefault(k, EpisodeSampler(source, k))
-            latents = {
-                n: t.to(device)
-                for n, t in episode_latents(cache, [sampler.sample(rng) for _ in range(recipe.episodes)]).items()
-            }
-            with autocast:
-                bank = model.support_bank(latents["support"], latents["support_mask"])
-                output = model.query_output(latents["query"], bank)
-            loss = F.mse_loss(output.float(), -latents["query_mask"]) / recipe.grad_accum  # target: -z_mask
-            (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += loss.item()
+            episodes = rank_episodes(sampler, rng, recipe.episodes, rank, world)
+            seeds = [episode_seed(recipe.seed, step, micro, rank * recipe.episodes + j) for j in range(len(episodes))]
+            latents = {n: t.to(accelerator.device) for n, t in episode_latents(cache, episodes, seeds).items()}
+            with accelerator.accumulate(objective):  # no gradient all-reduce until the last micro-batch
+                loss = objective(latents["support"], latents["support_mask"], latents["query"], latents["query_mask"])
+                accelerator.backward(loss)  # divided by grad_accum by accelerate
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(unet.parameters(), recipe.clip)
+                optimizer.step()  # a no-op before the last micro-batch
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach() / recipe.grad_accum
             shots.append(k)
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), recipe.clip)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss = float(accelerator.reduce(step_loss, reduction="mean"))  # the whole job's batch
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
-        if step % 10 == 0 or step == recipe.steps - 1:
+        if main and (step % recipe.log_every == 0 or step == recipe.steps - 1):
             log.write(step, loss=step_loss, grad_norm=float(grad_norm), mean_shots=float(np.mean(shots)))
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.steps:
-            save_checkpoint(ckpt, step + 1, {"unet": unet}, optimizer)
+            if main:
+                save_checkpoint(ckpt, step + 1, {"unet": unet}, optimizer.optimizer, extra=batch)
+            accelerator.wait_for_everyone()
     model.eval()
     tail = losses[-50:]
     return {"final_loss_mean_last_50": round(float(np.mean(tail)), 5) if tail else None}
@@ -171,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         help="recompute each stream (support, query) in the backward pass: less memory, about one more forward",
     )
     parser.add_argument("--checkpoint-every", type=int, default=r.checkpoint_every)
+    parser.add_argument("--log-every", type=int, default=r.log_every, help="optimiser steps between log records")
     parser.add_argument("--seed", type=int, default=r.seed)
     parser.add_argument(
         "--empty-prompt-tokens",
@@ -181,19 +243,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--attention", choices=ATTENTION_IMPLEMENTATIONS, default=r.attention)
     parser.add_argument("--save-dtype", choices=("float32", "float16"), default="float32")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda where there is one, else cpu"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_shots < 1 or args.episodes < 1 or args.grad_accum < 1:
-        parser.error("--max-shots, --episodes and --grad-accum must be at least 1")
+    if min(args.max_shots, args.episodes, args.grad_accum, args.log_every, args.checkpoint_every) < 1:
+        parser.error("--max-shots, --episodes, --grad-accum, --log-every and --checkpoint-every must be at least 1")
     out: Path = args.out
     refuse_to_overwrite([out / CONFIG_FILE], args.overwrite)  # a finished model, never replaced silently
 
     recipe = DiffewsRecipe(**{f.name: getattr(args, f.name) for f in fields(DiffewsRecipe) if hasattr(args, f.name)})
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        accelerator = make_accelerator(recipe, args.device)
+    except ValueError as err:
+        parser.error(str(err))
     base = build_model(args.base, path=args.base_path)
     if args.resolution:
         base.resolution = args.resolution
@@ -203,10 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     world = SyntheticWorld(resolution=model.resolution, seed=args.world_seed)
     source = open_source(args.data, args.data_root, args.fold, world, args.pool_size)
 
-    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     started = time.time()
-    summary = train_diffews(model, source, out, recipe, device)
+    summary = train_diffews(model, source, out, recipe, accelerator)
     elapsed = round(time.time() - started, 1)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:  # only the main process writes files
+        return 0
     timings_path = out / "logs" / "timings.json"
     previous = json.loads(timings_path.read_text()).get("train_s", 0.0) if timings_path.exists() else 0.0
     write_text(timings_path, json.dumps({"train_s": round(previous + elapsed, 1)}))
@@ -217,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         "training": {
             **asdict(recipe),
             "command": "python -m train.diffews " + " ".join(sys.argv[1:] if argv is None else argv),
-            "device": str(device),
+            "device": str(accelerator.device),
+            "world_size": accelerator.num_processes,  # processes; each ran `episodes` x `grad_accum` per step
+            "global_batch": recipe.episodes * recipe.grad_accum * accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type.value),
             "torch_threads": torch.get_num_threads(),
             "wall_time_s": round(previous + elapsed, 1),
             **summary,

@@ -86,15 +86,20 @@ class PosteriorCache:
             self._entries.popitem(last=False)
         return entry
 
-    def sample(self, key: tuple, pixels: np.ndarray, is_mask: bool) -> torch.Tensor:
-        """A scaled latent sample (4, h, w), as `vae.encode(x).latent_dist.sample() * scaling_factor`."""
+    def sample(self, key: tuple, pixels: np.ndarray, is_mask: bool, generator: torch.Generator) -> torch.Tensor:
+        """A scaled latent sample (4, h, w), as `vae.encode(x).latent_dist.sample() * scaling_factor`,
+        its noise drawn from `generator`."""
         mean, std = self.get(key, pixels, is_mask)
-        return (mean + std * torch.randn_like(std)) * self.vae.config.scaling_factor
+        noise = torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
+        return (mean + std * noise) * self.vae.config.scaling_factor
 
 
-def episode_latents(cache: PosteriorCache, episodes: list[Episode]) -> dict[str, torch.Tensor]:
+def episode_latents(cache: PosteriorCache, episodes: list[Episode], seeds: list[int]) -> dict[str, torch.Tensor]:
     """Sampled latents of B episodes with S shots each.
 
+    Args:
+        seeds: one per episode, for its posterior noise: an episode's latents depend on its seed
+            alone, not on which process draws it or what was drawn before (`train.diffews`).
     Returns:
         "query": (B, 4, h, w), "query_mask": (B, 4, h, w),
         "support": (B, S, 4, h, w), "support_mask": (B, S, 4, h, w).
@@ -103,15 +108,16 @@ def episode_latents(cache: PosteriorCache, episodes: list[Episode]) -> dict[str,
     if len(shots) != 1:
         raise ValueError(f"episodes of one batch must share the number of shots, got {sorted(shots)}")
     query, query_mask, support, support_mask = [], [], [], []
-    for ep in episodes:
+    for ep, seed in zip(episodes, seeds, strict=True):
         c = ep.category
-        query.append(cache.sample(("image", ep.query_id), ep.query_image, False))
-        query_mask.append(cache.sample(("mask", ep.query_id, c), ep.query_mask, True))
+        g = torch.Generator(device=cache.vae.device).manual_seed(seed)
+        query.append(cache.sample(("image", ep.query_id), ep.query_image, False, g))
+        query_mask.append(cache.sample(("mask", ep.query_id, c), ep.query_mask, True, g))
         support.append(
-            torch.stack([cache.sample(("image", i), im, False) for i, im in zip(ep.support_ids, ep.support_images)])
+            torch.stack([cache.sample(("image", i), im, False, g) for i, im in zip(ep.support_ids, ep.support_images)])
         )
         support_mask.append(
-            torch.stack([cache.sample(("mask", i, c), m, True) for i, m in zip(ep.support_ids, ep.support_masks)])
+            torch.stack([cache.sample(("mask", i, c), m, True, g) for i, m in zip(ep.support_ids, ep.support_masks)])
         )
     return {
         "query": torch.stack(query),

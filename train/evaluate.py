@@ -168,7 +168,8 @@ def model_card(config: dict, rows: list[dict], command: str, fold: int) -> str:
     data = config.get("data", {})
     minutes = training.get("wall_time_s", 0) / 60
     note = f" ({training['wall_time_note']})" if training.get("wall_time_note") else ""
-    keys = ("steps", "lr", "weight_decay", "episodes", "grad_accum", "max_shots", "clip", "seed", "mixed_precision")
+    keys = ("steps", "lr", "weight_decay", "episodes", "grad_accum", "world_size", "global_batch", "max_shots", "clip",
+            "seed", "mixed_precision")  # fmt: skip
     recipe = ", ".join(f"{k} {training[k]}" for k in keys if k in training)
     return f"""# DiffewS model fine-tuned from `{config.get("base")}`
 
@@ -190,7 +191,7 @@ masks = model.segment(query_images, bank)  # (B, H, W, 3) uint8 -> (B, H, W) boo
 Command: `{training.get("command", "?")}`
 
 Data: {data.get("source")} fold {data.get("fold")} ({DATA_NOTES.get(data.get("source"), "training classes only")}). Recipe: {recipe}.
-Wall time {minutes:.1f} min on {training.get("device", "?")} with {training.get("torch_threads", "?")} threads{note};
+Wall time {minutes:.1f} min on {training.get("world_size", 1)} process(es), {training.get("device", "?")}, with {training.get("torch_threads", "?")} threads{note};
 mean loss of the last 50 steps {training.get("final_loss_mean_last_50")}.
 
 {evaluation_section(rows, command, fold)}"""
