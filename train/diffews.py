@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -80,13 +81,25 @@ def mixed_precision_mode(choice: str, cpu: bool) -> str:
     return choice
 
 
+def runs_on_cpu(device: str | None) -> bool:
+    """Whether a run with `--device` `device` trains on the CPU (also under `accelerate launch --cpu`)."""
+    forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return device == "cpu" or forced or (device is None and not torch.cuda.is_available())
+
+
 def make_accelerator(recipe: DiffewsRecipe, device: str | None = None) -> Accelerator:
     """The accelerate engine of a run: one process, or one per rank under `accelerate launch` / `torchrun`.
 
     Args:
-        device: "cpu" forces the CPU (gloo between processes); None: CUDA where there is one.
+        device: "cpu" forces the CPU (gloo between processes), as `accelerate launch --cpu` does;
+            None: CUDA where there is one.
+    Raises:
+        ValueError: fp16 asked for on the CPU, or settings that differ from an accelerator made
+            earlier in this process (accelerate keeps one state per process).
+    Mixed precision is `recipe.mixed_precision` (`--mixed-precision`); a launcher's
+    `--mixed_precision` is not read.
     """
-    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    cpu = runs_on_cpu(device)
     return Accelerator(
         gradient_accumulation_steps=recipe.grad_accum,
         mixed_precision=mixed_precision_mode(recipe.mixed_precision, cpu),
@@ -140,6 +153,11 @@ def train_diffews(
     Each optimiser step takes `grad_accum` micro-batches of `episodes` episodes per process.
     """
     accelerator = accelerator or make_accelerator(recipe)
+    if accelerator.gradient_accumulation_steps != recipe.grad_accum:
+        raise ValueError(
+            f"the accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches but the recipe "
+            f"{recipe.grad_accum}; make it with make_accelerator(recipe)"
+        )
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     unet = model.unet
     model.to(accelerator.device)
@@ -171,7 +189,8 @@ def train_diffews(
         rng = np.random.default_rng([recipe.seed, TRAIN_STAGE, step])  # data of a step never depends on resume
         seed_step(recipe.seed, TRAIN_STAGE, step)
         set_lr(optimizer, linear_lr(step, recipe.steps, recipe.lr, recipe.lr_end))
-        step_loss, shots = torch.zeros((), device=accelerator.device), []
+        step_loss, shots, grad_norm = torch.zeros((), device=accelerator.device), [], None
+        accelerator.step = 0  # accelerate syncs on its count of micro-batches: restart it with each optimiser step
         for micro in range(recipe.grad_accum):
             k = int(rng.integers(1, recipe.max_shots + 1))  # one k per micro-batch of the whole job
             sampler = samplers.setdefault(k, EpisodeSampler(source, k))
@@ -190,6 +209,7 @@ def train_diffews(
         step_loss = float(accelerator.reduce(step_loss, reduction="mean"))  # the whole job's batch
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.4f}")
+        assert grad_norm is not None, "the last micro-batch of a step did not synchronise the gradients"
         if main and (step % recipe.log_every == 0 or step == recipe.steps - 1):
             log.write(step, loss=step_loss, grad_norm=float(grad_norm), mean_shots=float(np.mean(shots)))
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < recipe.steps:
@@ -249,8 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if min(args.max_shots, args.episodes, args.grad_accum, args.log_every, args.checkpoint_every) < 1:
         parser.error("--max-shots, --episodes, --grad-accum, --log-every and --checkpoint-every must be at least 1")
     out: Path = args.out
@@ -258,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = DiffewsRecipe(**{f.name: getattr(args, f.name) for f in fields(DiffewsRecipe) if hasattr(args, f.name)})
     try:
-        accelerator = make_accelerator(recipe, args.device)
+        mixed_precision_mode(recipe.mixed_precision, runs_on_cpu(args.device))
     except ValueError as err:
         parser.error(str(err))
+    accelerator = make_accelerator(recipe, args.device)
+    if args.threads:  # after the accelerator: on several CPU processes accelerate sets its own thread count
+        torch.set_num_threads(args.threads)
     base = build_model(args.base, path=args.base_path)
     if args.resolution:
         base.resolution = args.resolution
