@@ -5,6 +5,10 @@
         --data coco20i --data-root /data/COCO2014 --fold 0 --steps 20000 --mixed-precision fp16 \\
         --out runs/diffews-coco-fold0                                      # the authors' setting
     python -m train.diffews --out runs/diffews-fold0                       # again: resumes
+    torchrun --nproc_per_node 4 -m train.diffews --episodes 1 --grad-accum 4 ...   # 4 GPUs, global batch 16
+
+Under `torchrun` or `accelerate launch` (docs/distributed-training.md) each process trains on
+its slice of the job's batch, `--episodes` per process; only the main process writes files.
 
 Each optimiser step accumulates `--grad-accum` micro-batches of `--episodes` episodes. Every
 micro-batch draws k in 1..`--max-shots` (DiffewS-n), then episodes with k supports; loss =
