@@ -191,3 +191,39 @@ def test_replacing_a_model_removes_its_stale_read_outs(tiny_with_decoder, tmp_pa
     assert not (folder / "mask_decoder").exists() and not (folder / "mask_head").exists()
     reloaded = load_diffews(folder)
     assert reloaded.mask_decoder is None and reloaded.mask_head is None
+
+
+def test_a_read_out_distils_from_coco20i_episodes_of_other_sizes(tmp_path):
+    """What an imported COCO model needs: its predictions on real-layout episodes, resized to the model's side."""
+    from modeling.diffews import DiffewsModel
+    from modeling.presets import build_model
+    from segdata.folds import NUM_FOLDS
+    from segdata.layouts import write_coco20i
+    from segdata.synthetic import SyntheticFewShot
+    from segdata.world import SyntheticWorld
+
+    world = SyntheticWorld(resolution=80, seed=3)  # 80 px images for a 64 px model
+    root = tmp_path / "coco"
+    write_coco20i(
+        root,
+        [SyntheticFewShot(world, fold=f, split="trn", size=12) for f in range(NUM_FOLDS)],
+        SyntheticFewShot(world, fold=0, split="val", size=12),
+    )
+    torch.manual_seed(0)
+    model = save_diffews(
+        DiffewsModel.from_base(build_model("tiny-random")), tmp_path / "model", {"base": "tiny-random"}
+    )
+    args = ["--model", str(model), "--data", "coco20i", "--fold", "0", "--samples", "8", "--val", "4", "--steps", "2"]
+    with pytest.raises(SystemExit, match="--data coco20i needs --data-root"):
+        mask_decoder_cli.main(args)
+    assert mask_decoder_cli.main([*args, "--data-root", str(root), "--batch", "4", "--head-width", "8"]) == 0
+    info = json.loads((model / "mask_head" / "config.json").read_text())
+    assert info["agreement_held_out"]["masks"] == 4 and "--data coco20i" in info["command"]
+    from segdata.episodes import EpisodeSampler
+
+    trn, _ = mask_decoder_cli.episode_sources("coco20i", root, 0, 64)
+    episode = EpisodeSampler(trn, 2).sample(np.random.default_rng(0))
+    small = mask_decoder_cli.at_resolution(episode, 64)
+    assert episode.query_image.shape == (80, 80, 3) and small.query_image.shape == (64, 64, 3)
+    assert {m.shape for m in small.support_masks} == {(64, 64)} and set(np.unique(small.query_mask)) <= {0, 1}
+    assert mask_decoder_cli.at_resolution(small, 64) is small

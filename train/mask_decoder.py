@@ -10,7 +10,9 @@ latent: far cheaper, less faithful at the edges. (`head` and `fast`, the names b
 vocabulary, are still accepted.)
 
 Data: the model's own predicted mask latents on episodes of its fold's *training* categories
-(what the decoder will see in use), plus a quarter of latents of ground-truth masks, each paired
+(what the decoder will see in use), of the synthetic world by default or of a real data set
+(`--data coco20i --data-root DIR`, e.g. for a model imported with `train.import_diffews`), plus a
+quarter of latents of ground-truth masks, each paired
 with the VAE decoder's output. Loss: L1 to the decoded image plus a soft version of the
 read-out's threshold decision (boundaries matter more than grey levels). Agreement, the figure that
 matters: per-mask IoU between `MaskThreshold` on the learned read-out's output and on the VAE
@@ -48,10 +50,35 @@ from modeling.readouts import (
 from runtime.cli import refuse_to_overwrite
 from runtime.sections import OLD_READOUT_NAMES
 from segdata.episodes import EpisodeSampler
+from segdata.layouts import ClassFolders, Coco20iFolder
+from segdata.samples import episode_at_size
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
 
 GT_SHARE = 0.25  # of the training pairs: latents of ground-truth masks, for cleaner shapes
+
+
+def at_resolution(episode, resolution: int):
+    """The episode at resolution x resolution (images bilinear, masks nearest); unchanged if it already is."""
+    sides = {im.shape[:2] for im in (episode.query_image, *episode.support_images)}
+    return episode if sides == {(resolution, resolution)} else episode_at_size(episode, resolution, resolution)
+
+
+def episode_sources(data: str, root: Path | None, fold: int, resolution: int):
+    """(training, held-out) episode sources: `--data synth` (the synthetic world at the model's
+    resolution), `coco20i` (the HSNet layout: the fold's training and held-out classes) or `folders`
+    (class folders: no held-out split, so the agreement is on the training classes)."""
+    if data == "synth":
+        world = SyntheticWorld(resolution=resolution, seed=0)
+        return SyntheticFewShot(world, fold=fold, split="trn", size=2000), SyntheticFewShot(
+            world, fold=fold, split="val", size=1000
+        )
+    if root is None:
+        raise SystemExit(f"error: --data {data} needs --data-root pointing at the data set folder")
+    if data == "coco20i":
+        return Coco20iFolder(root, fold=fold, split="trn"), Coco20iFolder(root, fold=fold, split="val")
+    folders = ClassFolders(root)
+    return folders, folders
 
 
 @torch.no_grad()
@@ -68,7 +95,9 @@ def latent_pairs(
     gt_every = round(1 / gt_share) if gt_share else 0
     with tqdm(total=count, desc="latents", unit="ep") as bar:
         while bar.n < count:
-            chunk = [next(episodes) for _ in range(min(batch, count - bar.n))]
+            # Episodes of real data come in many sizes: at the model's resolution they stack into one batch
+            # (the model resizes to it anyway, with the same filters).
+            chunk = [at_resolution(next(episodes), model.resolution) for _ in range(min(batch, count - bar.n))]
             supports = np.stack([np.stack(e.support_images) for e in chunk])
             masks = np.stack([np.stack(e.support_masks) for e in chunk])
             queries = np.stack([e.query_image for e in chunk])
@@ -190,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         default="mask_head",
         help="the read-out to train, saved in the model folder's sub-folder of that name (default: mask_head)",
     )
+    parser.add_argument(
+        "--data", choices=("synth", "coco20i", "folders"), default="synth",
+        help="episodes the predictions are made on: the synthetic world (default), COCO-20i or class folders",
+    )  # fmt: skip
+    parser.add_argument("--data-root", type=Path, default=None, help="data set folder for coco20i / folders")
+    parser.add_argument(
+        "--fold", type=int, default=None, help="class fold (default: the model's training fold, else 0)"
+    )
     parser.add_argument("--samples", type=int, default=4000, help="training latents")
     parser.add_argument("--val", type=int, default=500, help="held-out predictions for the agreement figure")
     parser.add_argument("--steps", type=int, default=6000)
@@ -218,9 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.time()
     model = load_diffews(args.model)
-    fold = int(read_config(args.model).get("data", {}).get("fold", 0))
-    world = SyntheticWorld(resolution=model.resolution, seed=0)
-    val = SyntheticFewShot(world, fold=fold, split="val", size=1000)
+    fold = args.fold if args.fold is not None else int(read_config(args.model).get("data", {}).get("fold", 0))
+    trn, val = episode_sources(args.data, args.data_root, fold, model.resolution)
     if args.evaluate:
         existing = getattr(model, args.kind)
         if existing is None:
@@ -228,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
         print(json.dumps(agreement(model, existing, val_latents, val_decoded), indent=1))
         return 0
-    trn = SyntheticFewShot(world, fold=fold, split="trn", size=2000)
     train_latents, train_decoded = latent_pairs(model, EpisodeSampler(trn, 1), args.samples, args.seed + 1, GT_SHARE)
     val_latents, val_decoded = latent_pairs(model, EpisodeSampler(val, 1), args.val, args.seed + 2)
     if args.kind == "mask_head":
