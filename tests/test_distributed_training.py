@@ -36,7 +36,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(launcher: str, out, episodes: int) -> str:
+def launch(launcher: str, out, episodes: int, *extra: str) -> str:
     """Runs train.diffews with `launcher` ("python", "torchrun" or "accelerate", 2 processes); returns its output."""
     prefix = {
         "python": [sys.executable, "-m", "train.diffews"],
@@ -49,7 +49,7 @@ def launch(launcher: str, out, episodes: int) -> str:
                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                        "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), "-m", "train.diffews"],
     }[launcher]  # fmt: skip
-    command = [*prefix, *RUN, "--episodes", str(episodes), "--out", str(out)]
+    command = [*prefix, *RUN, "--episodes", str(episodes), "--out", str(out), *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{launcher} failed:\n{done.stderr[-4000:]}"
     return done.stdout + done.stderr
@@ -139,3 +139,14 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_with_accelerate_launc
     assert "resuming DiffewS at step 2" in launch("accelerate", resumed, episodes=1)
     assert json.loads((resumed / "diffews.json").read_text())["training"]["world_size"] == 2
     assert_same_training(resumed, root / "two")
+
+
+def test_bf16_autocast_and_gradient_checkpointing_run_under_ddp(runs, tmp_path):
+    """accelerate's bf16 autocast (CPU) and per-stream checkpointing inside the DDP-wrapped objective."""
+    root, _ = runs
+    launch("torchrun", tmp_path / "bf16", 1, "--mixed-precision", "bf16", "--gradient-checkpointing")
+    bf16, fp32 = logged(tmp_path / "bf16", "loss"), logged(root / "two", "loss")
+    assert bf16[0] != fp32[0]  # autocast is on: bf16 rounds the forward
+    assert bf16 == pytest.approx(fp32, rel=0.02)  # and it trains on the same episodes
+    training = json.loads((tmp_path / "bf16" / "diffews.json").read_text())["training"]
+    assert training["mixed_precision"] == "bf16" and training["gradient_checkpointing"] and training["world_size"] == 2
