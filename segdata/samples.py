@@ -30,12 +30,18 @@ def resize_array(array: np.ndarray, width: int, height: int, nearest: bool = Fal
 
 def episode_at_size(episode: Episode, width: int, height: int) -> Episode:
     """The episode with every image bilinearly and every mask nearest-resized to width x height (masks uint8)."""
+    return episode_at_sizes(episode, (width, height), [(width, height)] * episode.shots)
+
+
+def episode_at_sizes(episode: Episode, query: tuple[int, int], supports: list[tuple[int, int]]) -> Episode:
+    """The episode with its query resized to `query` and support j to `supports[j]`, (width, height) each."""
+    (qw, qh), shots = query, list(zip(episode.support_images, episode.support_masks, supports, strict=True))
     return replace(
         episode,
-        query_image=resize_array(episode.query_image, width, height),
-        query_mask=resize_array(episode.query_mask.astype(np.uint8), width, height, nearest=True),
-        support_images=[resize_array(im, width, height) for im in episode.support_images],
-        support_masks=[resize_array(m.astype(np.uint8), width, height, nearest=True) for m in episode.support_masks],
+        query_image=resize_array(episode.query_image, qw, qh),
+        query_mask=resize_array(episode.query_mask.astype(np.uint8), qw, qh, nearest=True),
+        support_images=[resize_array(im, w, h) for im, _, (w, h) in shots],
+        support_masks=[resize_array(m.astype(np.uint8), w, h, nearest=True) for _, m, (w, h) in shots],
     )
 
 

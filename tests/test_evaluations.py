@@ -36,5 +36,21 @@ def test_agreement_compares_the_same_calls_on_both_sides(built, tmp_path, capsys
     rows = json.loads(out.read_text())["rows"]
     assert [r["shots"] for r in rows] == [1, 2] and all(r["episodes"] == 4 for r in rows)
     for row in rows:  # fp32 engines on ONNX Runtime give the PyTorch pipeline's masks
-        assert 0.98 <= row["min_iou"] <= row["mean_iou"] <= 1
-    assert "| 1 | 4 |" in capsys.readouterr().out
+        assert 0.98 <= row["min_iou"] <= row["worst_size_mean_iou"] <= row["mean_iou"] <= 1
+        sizes = {s["size"]: s for s in row["sizes"]}
+        assert set(sizes) == {"64x64", "96x64", "64x80", "48x48"} and sum(s["episodes"] for s in row["sizes"]) == 4
+        assert row["worst_size_mean_iou"] == min(s["mean_iou"] for s in row["sizes"])
+        assert 0 <= row["torch_miou"] <= 100 and 0 <= row["runtime_miou"] <= 100
+    printed = capsys.readouterr().out
+    assert "| 1 | 4 |" in printed and "| 2 | 64x80 | 1 |" in printed
+
+
+def test_agreement_episodes_mix_query_and_support_sizes():
+    episodes = agreement.mixed_size_episodes(128, shots=2, count=5, fold=0, seed=0)
+    queries = [ep.query_image.shape[:2] for ep in episodes]
+    assert queries == [(128, 128), (128, 192), (160, 128), (96, 96), (160, 96)]  # (height, width)
+    assert all(ep.query_mask.shape == ep.query_image.shape[:2] for ep in episodes)
+    for ep in episodes:  # the two supports of an episode differ in size from each other and from the query
+        support_sizes = [im.shape[:2] for im in ep.support_images]
+        assert len({*support_sizes, ep.query_image.shape[:2]}) == 3
+        assert [m.shape for m in ep.support_masks] == support_sizes
