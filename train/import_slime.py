@@ -34,7 +34,7 @@ from modeling.slime_embedding import SlimeEmbedding, weights_hash
 from runtime.cli import refuse_to_overwrite
 from runtime.files import OutputError, check_writable
 from runtime.manifest import file_sha256
-from train.slime import class_list, parse_class_names
+from train.slime import check_class_names, class_list
 
 EMBEDDING_FILE = re.compile(r"embedding_(0|[1-9]\d*)\.pth")  # as written by f"embedding_{i}.pth": no leading zeros
 CHANNEL_ORDERS = ("bgr", "rgb")
@@ -123,7 +123,7 @@ def import_slime(
     if channel_order not in CHANNEL_ORDERS:
         raise CheckpointError(f"channel order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
     try:
-        parse_class_names(",".join(class_names))
+        check_class_names(list(class_names))
     except ValueError as err:
         raise CheckpointError(f"class names: {err}") from None
     check_writable(out, overwrite)

@@ -58,6 +58,13 @@ def parse_class_names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",")]
     if any(not name for name in names):
         raise ValueError(f"{text!r} has an empty class name; separate the names by single commas")
+    return check_class_names(names)
+
+
+def check_class_names(names: list[str]) -> list[str]:
+    """`names` if there are at least two (background first), none empty or repeated; else ValueError."""
+    if any(not name.strip() for name in names):
+        raise ValueError(f"{names} has an empty class name")
     if len(names) < 2:
         raise ValueError("name the background and at least one part, e.g. background,head,body")
     repeated = sorted({name for name in names if names.count(name) > 1})
