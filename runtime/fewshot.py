@@ -11,8 +11,6 @@ Numpy, pillow and onnxruntime (or openvino) only: no torch, no diffusers.
 from __future__ import annotations
 
 import os
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import open_graph, resolve_backend
-from runtime.files import replacing_file
+from runtime.bank_files import read_bank_file, write_bank_file
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
 from runtime.manifest import EngineDirError, Manifest
 from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, check_threshold
-
-BANK_FORMAT = "diffews-support-bank"
 
 
 @dataclass(frozen=True)
@@ -106,12 +102,25 @@ class FewShotSegmenter:
     # ------------------------------------------------------------------ supports
     def check_image(self, image: np.ndarray, what: str) -> None:
         """Raises ValueError when `image`'s sides are outside the range these engines were built for."""
+        self.check_size(image.shape[1], image.shape[0], what)
+
+    def check_size(self, width: int, height: int, what: str) -> None:
+        """`check_image` for an image not decoded yet (a server reads the size from the file's header)."""
         low, high = self.rules["sides"]["min"], self.rules["sides"]["max"]
-        height, width = image.shape[:2]
         if not (low <= height <= high and low <= width <= high):
             raise ValueError(
                 f"{what}: the image is {width}x{height}; these engines take sides from {low} to {high} pixels: "
                 "resize it, or rebuild the engines with --min-side / --max-side"
+            )
+
+    def check_shots(self, images: int, masks: int) -> None:
+        """Raises ValueError unless there is one mask per image and the shot count is one these engines take."""
+        if images != masks:
+            raise ValueError(f"got {images} support images but {masks} masks; pass one mask per image")
+        low, high = self.rules["shots"]["min"], self.rules["shots"]["max"]
+        if not low <= images <= high:
+            raise ValueError(
+                f"{images} support shots; these engines take {low} to {high} (rebuild with a larger --max-shots)"
             )
 
     def encode_shot(self, image: ImageLike, mask: ImageLike) -> dict[str, np.ndarray]:
@@ -122,28 +131,28 @@ class FewShotSegmenter:
         outputs = self.support_encoder.run({"image": image, "mask": mask})
         return dict(zip(self.bank_names, outputs))
 
-    def set_support(self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike) -> None:
-        """Encodes n support shots (image i with mask i) and caches their bank for every later query.
+    def encode_support(
+        self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike
+    ) -> SupportBank:
+        """Encodes n support shots (image i with mask i) -> their `SupportBank`; nothing is cached.
 
         Args:
             images: a list of images (file paths, PIL images or (H, W, 3) uint8 arrays), or one image.
             masks: one mask per image, in the same order (`runtime.images`: how masks are read).
         """
         images, masks = as_image_list(images, "support images"), as_image_list(masks, "support masks")
-        if len(images) != len(masks):
-            raise ValueError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
-        low, high = self.rules["shots"]["min"], self.rules["shots"]["max"]
-        if not low <= len(images) <= high:
-            raise ValueError(
-                f"{len(images)} support shots; these engines take {low} to {high} (rebuild with a larger --max-shots)"
-            )
+        self.check_shots(len(images), len(masks))
         shots = []
         for i, (image, mask) in enumerate(zip(images, masks)):
             try:
                 shots.append(self.encode_shot(image, mask))
             except ValueError as err:
                 raise ValueError(f"support shot {i}: {err}") from err
-        self._use_bank({name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names})
+        return self.make_bank({name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names})
+
+    def set_support(self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike) -> None:
+        """Encodes n support shots (`encode_support`) and caches their bank for every later `segment`."""
+        self._support = self.encode_support(images, masks)  # one assignment: readers see old or new
 
     def check_bank(self, bank: dict[str, np.ndarray]) -> int:
         """Raises ValueError unless `bank` is a complete, finite bank of one shot count for these engines; -> S."""
@@ -170,16 +179,15 @@ class FewShotSegmenter:
                 raise ValueError(f"bank tensor {name!r} has NaN or infinite values: it is damaged; recompute it")
         return shots[self.bank_names[0]]
 
-    def _use_bank(self, bank: dict[str, np.ndarray]) -> None:
-        """Checks `bank`, uploads it once to where the query graph reads it, then swaps it in."""
+    def make_bank(self, bank: dict[str, np.ndarray]) -> SupportBank:
+        """Checks `bank` (name -> (S, N_l, C_l) float32) and uploads it once to where the query graph reads it."""
         shots = self.check_bank(bank)
         arrays = {}
         for name in self.bank_names:  # arrays this class made (concatenated shots, a loaded file): no copy needed
             array = np.ascontiguousarray(bank[name])
             array.setflags(write=False)  # `bank` hands them out: nobody may change a bank in use
             arrays[name] = array
-        resident = self.query_segmenter.upload(arrays)
-        self._support = SupportBank(arrays, resident, shots)  # one assignment: readers see old or new
+        return SupportBank(arrays, self.query_segmenter.upload(arrays), shots)
 
     @property
     def bank(self) -> dict[str, np.ndarray]:
@@ -199,41 +207,19 @@ class FewShotSegmenter:
         when `path` exists without `overwrite`, is a folder, or cannot be written.
         """
         support = self._require_support()
-        path = Path(path)
-        with replacing_file(path, overwrite) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no ".npz"
-            np.savez(
-                f, format=np.array(BANK_FORMAT), model_hash=np.array(self.manifest.model["hash"]), **support.arrays
-            )
-        return path
+        return write_bank_file(path, support.arrays, self.manifest.model["hash"], overwrite, {"backend": self.backend})
+
+    def read_support(self, path: str | os.PathLike) -> SupportBank:
+        """A bank written by `save_support` from the same model, checked whole -> a `SupportBank` (nothing cached)."""
+        arrays, _ = read_bank_file(path, self.manifest.model["hash"])
+        try:
+            return self.make_bank({n: arrays[n] for n in self.bank_names if n in arrays})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
     def load_support(self, path: str | os.PathLike) -> None:
         """Loads a bank written by `save_support` from the same model (checked whole before it replaces the current one)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no such support bank file: {path}")
-        try:
-            data = np.load(path, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("it holds one array (.npy), not the named tensors save_support writes")
-            with data:
-                contents = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
-            raise ValueError(
-                f"{path} is not a readable support bank (.npz written by save_support): {err or type(err).__name__}"
-            ) from err
-        if str(contents.get("format", "")) != BANK_FORMAT:
-            raise ValueError(f"{path} is not a DiffewS support bank written by save_support (no format tag)")
-        if "model_hash" not in contents:
-            raise ValueError(f"{path} records no model_hash, so its model is unknown; recompute it with set_support")
-        if str(contents["model_hash"]) != self.manifest.model["hash"]:
-            raise ValueError(
-                f"{path} was computed by another model (hash {str(contents['model_hash'])[:12]}, these engines "
-                f"{self.manifest.model['hash'][:12]}); recompute it with set_support"
-            )
-        try:
-            self._use_bank({n: contents[n] for n in self.bank_names if n in contents})
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+        self._support = self.read_support(path)
 
     def _require_support(self) -> SupportBank:
         support = self._support
@@ -242,15 +228,22 @@ class FewShotSegmenter:
         return support
 
     # ------------------------------------------------------------------ queries
-    def segment(self, query: ImageLike, threshold: float | None = None) -> np.ndarray:
+    def segment(
+        self, query: ImageLike, threshold: float | None = None, support: SupportBank | None = None
+    ) -> np.ndarray:
         """The query's mask, (H, W) uint8 in {0, 1} at the query's own size.
 
         Args:
+            support: a bank from `encode_support` / `read_support` to use instead of the cached
+                one (a server holding many support sets passes its own).
             threshold: overrides the manifest's read-out threshold; in [0, 1) (the manifest's
                 `rules.threshold`), relative to the decoded mask's maximum or absolute, as the
                 manifest's `readout.mode` says.
         """
-        support = self._require_support()  # read once: a concurrent set_support cannot change it mid-call
+        if support is None:
+            support = self._require_support()  # read once: a concurrent set_support cannot change it mid-call
+        elif not isinstance(support, SupportBank):
+            raise ValueError(f"support must be a SupportBank (from encode_support), got {type(support).__name__}")
         cut = self.threshold if threshold is None else check_threshold(threshold, self.rules["threshold"])
         image = load_image(query, "query")
         self.check_image(image, "query")
