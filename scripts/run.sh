@@ -25,6 +25,13 @@ python -m pip install -q -c constraints.txt -e ".[train,export,runtime,dev]"
 if [[ "$what" == "demo" ]]; then
   python scripts/demo.py --out demo_out
 else
+  # The server's environment (python -m runtime.serve): PyTriton pins numpy < 2, so it lives beside
+  # the main one; the serving tests start servers with its interpreter (docs/serving.md).
+  if [[ ! -x .venv-serve/bin/python ]]; then
+    "$PY" -m venv .venv-serve
+  fi
+  .venv-serve/bin/python -m pip install -q --upgrade pip
+  .venv-serve/bin/python -m pip install -q -c constraints-serve.txt -e ".[runtime,serve]"
   ruff check .
   python -m pytest -q
 fi

@@ -67,3 +67,29 @@ def episodes():
 
     source = SyntheticFewShot(SyntheticWorld(resolution=64, seed=0), fold=0, split="val", size=120)
     return list(EpisodeSampler(source, 2).fixed_episodes(4, seed=5))
+
+
+SLIME_PART_NAMES = ["background", "head", "body", "tail"]
+
+
+@pytest.fixture(scope="session")
+def slime_engines(tmp_path_factory):
+    """(embedding file, engine directory): tiny-random embeddings with perturbed rows, 2 x 2 patches of 48 px."""
+    import torch
+
+    from export.slime_build import build_slime
+    from modeling.presets import build_model
+    from modeling.slime import SlimeModel
+    from modeling.slime_embedding import SlimeEmbedding, weights_hash
+
+    root = tmp_path_factory.mktemp("slime")
+    components = build_model("tiny-random")
+    model = SlimeModel.from_base(components, SLIME_PART_NAMES)
+    with torch.no_grad():
+        model.learned.add_(torch.randn(model.learned.shape, generator=torch.Generator().manual_seed(0)))
+    path = SlimeEmbedding.from_model(
+        model, SLIME_PART_NAMES, "tiny-random", weights_hash(components.unet, components.vae), {}
+    ).save(root / "emb.safetensors")
+    engines = root / "engines"
+    build_slime(engines, embedding=path, patches_per_side=2, patch_size=48, max_side=512)
+    return path, engines

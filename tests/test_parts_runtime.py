@@ -8,15 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from export import build_engine
-from export.slime_build import build_slime
 from modeling.predictor import TorchPartSegmenter
-from modeling.presets import build_model
-from modeling.slime import SlimeModel
-from modeling.slime_embedding import SlimeEmbedding, load_slime, weights_hash
+from modeling.slime_embedding import load_slime
 from runtime import parts as parts_cli
 from runtime.cli import EXIT_OUTPUT
 from runtime.fewshot import FewShotSegmenter
@@ -25,23 +21,7 @@ from runtime.parts import PartSegmenter
 from runtime.patches import Patching, segment_parts
 from segdata.visualize import colourize_labels
 
-NAMES = ["background", "head", "body", "tail"]
-
-
-@pytest.fixture(scope="module")
-def slime_engines(tmp_path_factory):
-    """(embedding file, engine directory): tiny-random embeddings with perturbed rows, 2 x 2 patches of 48 px."""
-    root = tmp_path_factory.mktemp("slime")
-    components = build_model("tiny-random")
-    model = SlimeModel.from_base(components, NAMES)
-    with torch.no_grad():
-        model.learned.add_(torch.randn(model.learned.shape, generator=torch.Generator().manual_seed(0)))
-    path = SlimeEmbedding.from_model(
-        model, NAMES, "tiny-random", weights_hash(components.unet, components.vae), {}
-    ).save(root / "emb.safetensors")
-    engines = root / "engines"
-    build_slime(engines, embedding=path, patches_per_side=2, patch_size=48, max_side=512)
-    return path, engines
+NAMES = ["background", "head", "body", "tail"]  # the conftest slime_engines fixture's classes
 
 
 def _images():
