@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +30,17 @@ class SupportBank:
 
     Attributes:
         arrays: name -> (S, N_l, C_l) float32, read-only.
-        resident: the same tensors where the query graph reads them (`Graph.keep`).
+        resident: the same tensors where the query graph reads them (`Graph.upload`).
         shots: S.
+        host_bytes: the host memory it holds: the arrays, plus the backend's copy where it makes one.
+        owner: the `FewShotSegmenter` that made it (only its own banks are used by `segment`).
     """
 
     arrays: dict[str, np.ndarray]
     resident: dict
     shots: int
+    host_bytes: int = 0
+    owner: object = field(default=None, compare=False, repr=False)
 
 
 class FewShotSegmenter:
@@ -187,7 +191,9 @@ class FewShotSegmenter:
             array = np.ascontiguousarray(bank[name])
             array.setflags(write=False)  # `bank` hands them out: nobody may change a bank in use
             arrays[name] = array
-        return SupportBank(arrays, self.query_segmenter.upload(arrays), shots)
+        resident = self.query_segmenter.upload(arrays)
+        host_bytes = sum(a.nbytes for a in arrays.values()) + self.query_segmenter.resident_host_bytes(resident)
+        return SupportBank(arrays, resident, shots, host_bytes, owner=self)
 
     @property
     def bank(self) -> dict[str, np.ndarray]:
@@ -242,8 +248,11 @@ class FewShotSegmenter:
         """
         if support is None:
             support = self._require_support()  # read once: a concurrent set_support cannot change it mid-call
-        elif not isinstance(support, SupportBank):
-            raise ValueError(f"support must be a SupportBank (from encode_support), got {type(support).__name__}")
+        elif not isinstance(support, SupportBank) or support.owner is not self:
+            raise ValueError(
+                "support must be a SupportBank from this segmenter's encode_support or read_support, got "
+                + ("one made by another segmenter" if isinstance(support, SupportBank) else type(support).__name__)
+            )
         cut = self.threshold if threshold is None else check_threshold(threshold, self.rules["threshold"])
         image = load_image(query, "query")
         self.check_image(image, "query")

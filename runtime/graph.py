@@ -70,6 +70,10 @@ class Graph:
             specs[name].check(np.asarray(array), self.spec.name)
         return self._run({name: np.asarray(array, order="C") for name, array in feed.items()}, resident)
 
+    def resident_host_bytes(self, resident: dict) -> int:
+        """Host memory `upload` took beyond the arrays themselves (a copy; 0 where it shares or uses a device)."""
+        return 0
+
     def _place(self, arrays: dict[str, np.ndarray]) -> dict:
         raise NotImplementedError
 

@@ -89,6 +89,9 @@ class OpenVinoGraph(Graph):
         # Copies (shared_memory=False): a caller changing its arrays later cannot change the bank.
         return {name: self._tensor(array, shared_memory=False) for name, array in arrays.items()}
 
+    def resident_host_bytes(self, resident: dict) -> int:
+        return sum(int(tensor.byte_size) for tensor in resident.values())  # the copies _place made
+
     def _run(self, feed: dict[str, np.ndarray], resident: dict) -> list[np.ndarray]:
         with self.requests.take() as request:
             request.infer({**feed, **resident})

@@ -25,6 +25,15 @@ python -m pip install -q -c constraints.txt -e ".[train,export,runtime,dev]"
 if [[ "$what" == "demo" ]]; then
   python scripts/demo.py --out demo_out
 else
+  # nginx: the scale-out test runs two servers behind it on loopback (tests/test_serve_scaleout.py).
+  if ! command -v nginx >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+    else
+      echo "note: nginx is missing, so tests/test_serve_scaleout.py will fail: install it (Debian: nginx-light)" >&2
+    fi
+  fi
   # The server's environment (python -m runtime.serve): PyTriton pins numpy < 2, so it lives beside
   # the main one; the serving tests start servers with its interpreter (docs/serving.md).
   if [[ ! -x .venv-serve/bin/python ]]; then

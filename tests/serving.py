@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from runtime.serve.process import REPO, serve_python
+from runtime.serve.process import REPO, answers, serve_python, wait_until
 
 NGINX_TEMPLATE = REPO / "examples" / "serving" / "nginx.conf"
 
@@ -40,7 +37,9 @@ class Nginx:
 
     def __init__(self, folder: Path, upstreams: list[int], port: int):
         if shutil.which("nginx") is None:
-            raise RuntimeError("nginx is not installed: apt-get install nginx-light (.ci/run does)")
+            raise RuntimeError(
+                "nginx is not installed: apt-get install nginx-light (scripts/run.sh test does, as root)"
+            )
         self.folder, self.port = Path(folder), port
         self.folder.mkdir(parents=True, exist_ok=True)
         servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in upstreams)
@@ -54,23 +53,24 @@ class Nginx:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Nginx:
-        self.process = subprocess.Popen(
-            ["nginx", "-p", str(self.folder), "-c", str(self.config), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.folder / "stderr.log", "wb"),  # noqa: SIM115 - closed with the process
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {(self.folder / 'stderr.log').read_text()}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=2)
-                return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        raise RuntimeError("nginx did not answer within 20 s")
+        with open(self.folder / "stderr.log", "wb") as err:  # nginx keeps its own handle
+            self.process = subprocess.Popen(
+                ["nginx", "-p", str(self.folder), "-c", str(self.config), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        try:
+            wait_until(lambda: answers(f"http://127.0.0.1:{self.port}/v2/health/ready"), 20, self.process, "nginx")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

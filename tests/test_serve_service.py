@@ -22,7 +22,7 @@ from runtime.serve.bank_store import BankStore
 from runtime.serve.client import ServerError, UnknownSupportError, server_error
 from runtime.serve.environment import prefer_interpreter_libpython
 from runtime.serve.errors import BadRequest, UnknownSupport
-from runtime.serve.service import FewShotService, support_id
+from runtime.serve.service import FewShotService, bank_source, support_id
 from runtime.serve.tensors import FewShotHandlers, PartsHandler
 
 HASH = "ab" * 32
@@ -63,7 +63,7 @@ def test_bank_cache_refuses_a_bank_larger_than_itself():
         BankCache(2**20).put("a", fake_bank(2))
 
 
-def test_support_id_reads_pixels_not_files():
+def test_support_id_hashes_pixels_shapes_order_and_source():
     rng = np.random.default_rng(0)
     image = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
     mask = np.zeros((40, 50), np.uint8)
@@ -73,7 +73,7 @@ def test_support_id_reads_pixels_not_files():
     changed = image.copy()
     changed[0, 0, 0] ^= 1
     assert support_id(HASH, [changed], [mask]) != same  # one pixel
-    assert support_id("cd" * 32, [image], [mask]) != same  # another model
+    assert support_id("cd" * 32, [image], [mask]) != same  # another model, encoder or backend
     assert support_id(HASH, [image, image[::-1]], [mask, mask[::-1]]) != support_id(
         HASH, [image[::-1], image], [mask[::-1], mask]
     )  # shot order is part of the set (the bank's shot axis follows it)
@@ -196,14 +196,51 @@ def test_a_replica_that_never_saw_an_id_serves_it_from_the_store(segmenter, supp
     )
 
 
-def test_a_bank_larger_than_the_cache(segmenter, support, tmp_path):
-    with pytest.raises(BadRequest, match="--bank-cache-mb"):
-        FewShotService(segmenter, BankCache(1024)).register(*support)  # nowhere to keep it: refused
-    service = FewShotService(segmenter, BankCache(1024), BankStore(tmp_path, segmenter.manifest.model["hash"]))
-    key = service.register(*support)  # kept in the store, read from it per query
-    service.segment(key, query(1))
-    service.segment(key, query(2))
-    assert service.counts["store_reads"] == 2 and service.cache.stats().entries == 0
+def test_a_bank_larger_than_the_cache_is_refused_at_registration(segmenter, support, tmp_path):
+    for store in (None, BankStore(tmp_path, segmenter.manifest.model["hash"])):  # a store would not help
+        service = FewShotService(segmenter, BankCache(1024), store)
+        with pytest.raises(BadRequest, match="--bank-cache-mb"):
+            service.register(*support)
+        assert service.counts["store_writes"] == 0 and service.cache.stats().entries == 0
+
+
+def test_banks_count_the_backends_copy_and_belong_to_their_segmenter(segmenter, support, built):
+    bank = segmenter.encode_support(*support)
+    arrays = sum(a.nbytes for a in bank.arrays.values())
+    assert bank.host_bytes == arrays  # ONNX Runtime on the CPU reads the arrays themselves
+    openvino = FewShotSegmenter.from_dir(built[1], backend="openvino", verify=False)
+    assert openvino.encode_support(*support).host_bytes == 2 * arrays  # OpenVINO keeps a copy
+    with pytest.raises(ValueError, match="made by another segmenter"):
+        openvino.segment(query(1), support=bank)
+
+
+def test_ids_and_stored_banks_are_kept_apart_per_backend(segmenter, support, built, tmp_path):
+    openvino = FewShotSegmenter.from_dir(built[1], backend="openvino", verify=False)
+    model_hash = segmenter.manifest.model["hash"]
+    services = [
+        FewShotService(s, BankCache(2**30), BankStore(tmp_path, model_hash, bank_source(s)))
+        for s in (segmenter, openvino)
+    ]
+    keys = [service.register(*support) for service in services]
+    assert keys[0] != keys[1] and bank_source(segmenter) != bank_source(openvino)
+    assert services[0].store.directory != services[1].store.directory
+
+
+def test_the_store_is_repaired_and_its_failures_do_not_fail_a_request(segmenter, support, tmp_path, monkeypatch):
+    store = BankStore(tmp_path, segmenter.manifest.model["hash"])
+    service = FewShotService(segmenter, BankCache(2**30), store)
+    key = service.register(*support)
+    store.path(key).unlink()  # a retention policy deleted it: registering again writes it again
+    assert service.register(*support) == key and store.path(key).is_file()
+    assert service.counts["encodes"] == 1 and service.counts["store_writes"] == 2
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    other = FewShotService(segmenter, BankCache(2**30), BankStore(tmp_path / "full", segmenter.manifest.model["hash"]))
+    monkeypatch.setattr(other.store, "write", full)
+    key = other.register(*support)  # served from memory; the failure is counted and logged
+    assert other.counts["store_errors"] == 1 and other.segment(key, query(1)).shape == (64, 64)
 
 
 # --------------------------------------------------------------------------- the handlers
@@ -219,15 +256,19 @@ def handler_message(call, error=BadRequest) -> str:
     return str(caught.value)
 
 
-def test_register_and_segment_from_pixels_and_files_agree(segmenter, support):
+def test_pixels_png_and_bmp_give_one_id_and_one_mask(segmenter, support):
     handlers = FewShotHandlers(FewShotService(segmenter, BankCache(2**30)))
     images, masks = support
     by_pixels = handlers.register_support([{"images": np.stack(images), "masks": np.stack(masks)}])[0]
     by_files = handlers.register_support(
         [{"image_files": files(*map(png, images)), "mask_files": files(*(png(m * 255) for m in masks))}]
     )[0]
+    by_bmp = handlers.register_support(
+        [{"image_files": files(*(png(i, "BMP") for i in images)), "mask_files": files(*map(png, masks))}]
+    )[0]
     key = by_pixels["support_id"][0].decode()
     assert by_files["support_id"][0].decode() == key and by_pixels["shots"].tolist() == [2]
+    assert by_bmp["support_id"][0].decode() == key  # files of other formats, masks as 0/1 or 0/255: one id
     q = query(5, (56, 72, 3))
     raw = handlers.segment([{"support_id": files(key.encode()), "image": q}])[0]["mask"]
     encoded = handlers.segment([{"support_id": files(key.encode()), "image_file": files(png(q))}])[0]["mask"]
@@ -301,6 +342,20 @@ def test_an_oversized_file_is_refused_before_it_is_decoded(segmenter, support, m
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
     message = handler_message(lambda: handlers.segment([{"support_id": files(key), "image_file": files(data)}]))
     assert message.startswith("query: the image is 32x4000; these engines take sides from")
+
+
+def test_too_many_files_are_refused_before_any_is_decoded(segmenter, monkeypatch):
+    handlers = FewShotHandlers(FewShotService(segmenter, BankCache(2**30)))
+    data = png(np.zeros((64, 64, 3), np.uint8))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a file was opened")
+
+    monkeypatch.setattr("runtime.serve.tensors.open_image_file", no_decoding)
+    message = handler_message(
+        lambda: handlers.register_support([{"image_files": files(*[data] * 50), "mask_files": files(*[data] * 50)}])
+    )
+    assert message == "50 support shots; these engines take 1 to 3 (rebuild with a larger --max-shots)"
 
 
 def test_parts_handler_answers_as_the_part_segmenter(slime_engines):

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from runtime.backends import BACKENDS
-from runtime.cli import fail, reporting_errors
+from runtime.cli import EXIT_BACKEND, EXIT_SYSTEM, fail, reporting_errors
 
 LOG = logging.getLogger("runtime.serve")
 NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -87,15 +87,15 @@ def build_handlers(args: argparse.Namespace):
     from runtime.parts import PartSegmenter
     from runtime.serve.bank_cache import BankCache
     from runtime.serve.bank_store import BankStore
-    from runtime.serve.service import FewShotService
+    from runtime.serve.service import FewShotService, bank_source
     from runtime.serve.tensors import FewShotHandlers, PartsHandler
 
     backend = {"backend": args.backend} if args.backend else {}  # none given: each class's default
     fewshot = None
     if args.engines is not None:
         segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads, **backend)
-        model_hash = segmenter.manifest.model["hash"]
-        store = BankStore(args.bank_store, model_hash) if args.bank_store is not None else None
+        source = bank_source(segmenter)
+        store = BankStore(args.bank_store, segmenter.manifest.model["hash"], source) if args.bank_store else None
         cache = BankCache(int(args.bank_cache_mb * 2**20))
         fewshot = FewShotHandlers(FewShotService(segmenter, cache, store))
     parts = {
@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from pytriton.triton import Triton, TritonConfig
     except ImportError:
-        fail(6, "the server needs PyTriton: pip install 'diffseg-deploy[serve]' (numpy < 2; see docs/serving.md)")
+        fail(
+            EXIT_BACKEND,
+            "the server needs PyTriton: pip install 'diffseg-deploy[serve]' (numpy < 2; see docs/serving.md)",
+        )
     from runtime.serve.metrics import start_metrics_server
     from runtime.serve.triton_app import bind_models
 
@@ -155,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             triton.serve()
     except KeyboardInterrupt:
         LOG.info("stopped")
+    except Exception as err:  # noqa: BLE001 - Triton failed to start or died (a port in use, a model that cannot load)
+        LOG.debug("Triton failed", exc_info=True)
+        text = str(err).strip().splitlines()
+        fail(EXIT_SYSTEM, f"Triton stopped: {text[0] if text else type(err).__name__} (the log above has the details)")
     return 0
 
 

@@ -14,8 +14,8 @@ from runtime.fewshot import SupportBank
 
 
 def bank_bytes(bank: SupportBank) -> int:
-    """The bytes `bank`'s arrays hold (what the cache counts)."""
-    return sum(a.nbytes for a in bank.arrays.values())
+    """The host memory `bank` holds (what the cache counts): its arrays and the backend's copy of them."""
+    return bank.host_bytes or sum(a.nbytes for a in bank.arrays.values())
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,22 @@ class BankCache:
             self._hits += 1
             return entry[0]
 
-    def put(self, key: str, bank: SupportBank) -> None:
-        """Adds `bank`, evicting the least recently used ones until it fits.
-
-        Raises ValueError when the bank alone is larger than the cache.
-        """
+    def check_fits(self, bank: SupportBank) -> None:
+        """Raises ValueError when `bank` alone is larger than the whole cache."""
         size = bank_bytes(bank)
         if size > self.capacity_bytes:
             raise ValueError(
                 f"the support bank takes {size / 2**20:.1f} MB, more than the whole bank cache "
                 f"({self.capacity_bytes / 2**20:.1f} MB); start the server with a larger --bank-cache-mb"
             )
+
+    def put(self, key: str, bank: SupportBank) -> None:
+        """Adds `bank`, evicting the least recently used ones until it fits.
+
+        Raises ValueError when the bank alone is larger than the cache.
+        """
+        self.check_fits(bank)
+        size = bank_bytes(bank)
         with self._lock:
             old = self._banks.pop(key, None)
             if old is not None:

@@ -1,7 +1,7 @@
 """`BankStore`: support banks on a shared directory (local disk, NFS, an object-store mount).
 
 Every replica of a server points at the same directory, so a support registered on one is
-served by all, and a restart loses nothing. Layout: `DIR/<model hash[:16]>/<support id>.npz`,
+served by all, and a restart loses nothing. Layout: `DIR/<bank source[:16]>/<support id>.npz`,
 each file written through a temporary name and a rename (`runtime.bank_files`): a reader on
 another machine sees the whole file or none. Ids are content hashes, so two replicas writing
 the same id write the same bytes and the last rename is as good as the first.
@@ -18,14 +18,20 @@ from runtime.bank_files import read_bank_file, write_bank_file
 
 
 class BankStore:
-    """The banks of one model (`model_hash`) under `directory`."""
+    """The banks of one model (`model_hash`) under `directory`.
 
-    def __init__(self, directory: str | os.PathLike, model_hash: str):
+    Args:
+        source: what else the banks depend on (`runtime.serve.service.bank_source`: the support
+            encoder's files and the backend); it names the folder, so engines built another way
+            keep their banks apart. Default: the model hash.
+    """
+
+    def __init__(self, directory: str | os.PathLike, model_hash: str, source: str | None = None):
         self.root = Path(directory)
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"--bank-store {self.root} is a file; pass a directory (it is created if missing)")
         self.model_hash = model_hash
-        self.directory = self.root / model_hash[:16]
+        self.directory = self.root / (source or model_hash)[:16]
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, support_id: str) -> Path:

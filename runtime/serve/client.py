@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.images import load_image, load_mask
+from runtime.images import as_image_list, load_image, load_mask
 
 ERROR_TAIL = re.compile(r"(BadRequest|UnknownSupport): (.+?)\s*$", re.MULTILINE)
 
@@ -65,8 +65,8 @@ def _encoded(image) -> tuple[str, np.ndarray]:
         return "image", np.ascontiguousarray(image)
     from PIL import Image
 
-    if isinstance(image, Image.Image):  # PNG is lossless: the server sees these pixels exactly
-        return "image_file", np.array([_png(image)], dtype=object)
+    if isinstance(image, Image.Image):  # read as the runtime reads it (EXIF turn, any mode), sent as lossless PNG
+        return "image_file", np.array([_png(load_image(image, "image"))], dtype=object)
     raise ValueError(
         f"an image must be a file path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}"
     )
@@ -135,7 +135,7 @@ class SegmentationClient:
         Arrays of one size go as pixels; otherwise every shot goes as a file (arrays as PNG).
         Mask arrays are read by the runtime's rules first (`runtime.images.load_mask`).
         """
-        images, masks = list(images), list(masks)
+        images, masks = as_image_list(images, "support images"), as_image_list(masks, "support masks")
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} support images but {len(masks)} masks; pass one mask per image")
         inputs = None

@@ -49,6 +49,34 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def answers(url: str) -> bool:
+    """Whether GET `url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_until(ready, timeout_s: float, process: subprocess.Popen, what: str) -> None:
+    """Polls `ready()` until it is true; RuntimeError when `process` exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
+        if ready():
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} was not ready after {timeout_s:.0f} s")
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class ServerProcess:
     """One server. Args: `args` for `python -m runtime.serve` (no ports: they are picked here)."""
 
@@ -72,21 +100,25 @@ class ServerProcess:
         return [self.python, "-m", "runtime.serve", *self.args, "--host", "127.0.0.1", *map(str, ports)]
 
     def start(self) -> ServerProcess:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - kept open
-        self.process = subprocess.Popen(
-            self.command(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + self.ready_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the server exited with {self.process.returncode} before it was ready: {self.log_tail()}"
+        models = self.model_names()  # also checks the arguments before anything starts
+        if self.log_path:
+            with open(self.log_path, "ab") as out:  # the child keeps its own handle
+                self.process = subprocess.Popen(
+                    self.command(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
                 )
-            if self.ready():
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the server was not ready after {self.ready_s:.0f} s: {self.log_tail()}")
+        else:
+            self.process = subprocess.Popen(
+                self.command(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            wait_until(lambda: self._ready(models), self.ready_s, self.process, "the server")
+        except RuntimeError as err:
+            self.stop()
+            raise RuntimeError(f"{err}; its log ends:\n{self.log_tail()}") from None
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def model_names(self) -> list[str]:
         """The models this server's arguments serve (what readiness waits for)."""
@@ -99,15 +131,11 @@ class ServerProcess:
 
     def ready(self) -> bool:
         """Triton is ready and so is every model (Triton reports ready before PyTriton has loaded them)."""
-        paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.model_names())]
-        try:
-            for path in paths:
-                with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
-                    if response.status != 200:
-                        return False
-        except (urllib.error.URLError, OSError):
-            return False
-        return True
+        return self._ready(self.model_names())
+
+    def _ready(self, models: list[str]) -> bool:
+        paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in models)]
+        return all(answers(f"http://{self.http_url}{path}") for path in paths)
 
     def metrics(self, bank: bool = False) -> dict[str, float]:
         """The Prometheus samples of Triton's endpoint (or the bank cache's): 'name{labels}' -> value."""
@@ -130,7 +158,7 @@ class ServerProcess:
         """The server's process and its children (tritonserver, the backend stubs)."""
         if self.process is None:
             return []
-        group = os.getpgid(self.process.pid) if self.process.poll() is None else None
+        group = self.process.pid  # start_new_session: the server leads its own process group
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -143,22 +171,21 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL to the whole process group: a crash, nothing cleaned up."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process is not None:
+            _kill_group(self.process.pid)
             self.process.wait()
 
     def stop(self, timeout_s: float = 30) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the server (it stops Triton after the requests in flight), then SIGKILL to what is left."""
+        if self.process is None:
             return
-        self.process.terminate()  # the server stops Triton after the requests in flight
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of the group is left (tritonserver)
-        except ProcessLookupError:
-            pass
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_group(self.process.pid)  # also when the server died first: tritonserver may outlive it
         self.process.wait()
 
     def __enter__(self) -> ServerProcess:

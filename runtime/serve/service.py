@@ -21,6 +21,7 @@ import numpy as np
 
 from runtime.fewshot import FewShotSegmenter, SupportBank
 from runtime.images import ImageLike, load_image, load_mask
+from runtime.sections import SUPPORT_ENCODER
 from runtime.serve.bank_cache import BankCache
 from runtime.serve.bank_store import BankStore
 from runtime.serve.errors import BadRequest, UnknownSupport
@@ -30,8 +31,23 @@ SUPPORT_ID = re.compile(r"[0-9a-f]{64}")
 ID_VERSION = b"diffews-support-id/1"
 
 
-def support_id(model_hash: str, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> str:
-    """The content address of a support set: sha256 over the model hash and every shot's pixels.
+def bank_source(segmenter: FewShotSegmenter) -> str:
+    """What a bank depends on besides the pixels: the model, the support encoder's files and the backend.
+
+    Replicas with the same engines and backend share ids and stored banks; a replica built with
+    other export options (precision, resolution) or on another backend gets ids of its own
+    rather than banks that would not give its own masks.
+    """
+    entry = segmenter.manifest.graph(SUPPORT_ENCODER)
+    digest = hashlib.sha256(segmenter.manifest.model["hash"].encode())
+    for name, sha in sorted(entry.files.items()):
+        digest.update(f"\0{name}\0{sha}".encode())
+    digest.update(f"\0{segmenter.backend}".encode())
+    return digest.hexdigest()
+
+
+def support_id(source: str, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> str:
+    """The content address of a support set: sha256 over `bank_source` and every shot's pixels.
 
     Args:
         images: (H_i, W_i, 3) uint8 per shot, as `runtime.images.load_image` reads them.
@@ -39,7 +55,7 @@ def support_id(model_hash: str, images: Sequence[np.ndarray], masks: Sequence[np
             the same mask saved as 0/1 give the same id.
     """
     digest = hashlib.sha256(ID_VERSION)
-    digest.update(model_hash.encode())
+    digest.update(source.encode())
     digest.update(len(images).to_bytes(4, "little"))
     for image, mask in zip(images, masks, strict=True):
         for array in (image, mask):
@@ -66,7 +82,7 @@ class FewShotService:
 
     def __init__(self, segmenter: FewShotSegmenter, cache: BankCache, store: BankStore | None = None):
         self.segmenter, self.cache, self.store = segmenter, cache, store
-        self.model_hash: str = segmenter.manifest.model["hash"]
+        self.source = bank_source(segmenter)
         self.counts = {"encodes": 0, "store_reads": 0, "store_writes": 0, "store_errors": 0}
         self._counts_lock = threading.Lock()
         self._locks: dict[str, list] = {}  # id -> [lock, threads using it], while an id is registered or loaded
@@ -106,6 +122,24 @@ class FewShotService:
         self._count("store_reads")
         return bank
 
+    def _to_store(self, key: str, bank: SupportBank) -> None:
+        """Writes the bank (over a damaged file if one is there); a failed write is logged, not fatal."""
+        if self.store is None:
+            return
+        try:
+            self.store.write(key, bank.arrays, {"backend": self.segmenter.backend}, replace=True)
+        except OSError as err:  # disk full, read-only mount: this replica still serves it from memory
+            LOG.warning("bank store: cannot write support %s: %s", key[:12], err)
+            self._count("store_errors")
+            return
+        self._count("store_writes")
+
+    def _check_fits(self, bank: SupportBank) -> None:
+        try:
+            self.cache.check_fits(bank)
+        except ValueError as err:
+            raise BadRequest(str(err)) from None
+
     def register(self, images: Sequence[ImageLike], masks: Sequence[ImageLike]) -> str:
         """Encodes a support set unless its id is cached or stored; -> the id.
 
@@ -113,32 +147,34 @@ class FewShotService:
         """
         try:
             self.segmenter.check_shots(len(images), len(masks))
-            images = [load_image(image, f"support shot {i} image") for i, image in enumerate(images)]
-            masks = [load_mask(mask, f"support shot {i} mask") for i, mask in enumerate(masks)]
         except ValueError as err:
             raise BadRequest(str(err)) from None
-        key = support_id(self.model_hash, images, masks)
-        if key in self.cache:
-            return key
+        pixels, marks = [], []
+        for i, (image, mask) in enumerate(zip(images, masks)):  # read as encode_support reads them
+            try:
+                pixels.append(load_image(image, "support image"))
+                marks.append(load_mask(mask, "support mask"))
+            except ValueError as err:
+                raise BadRequest(f"support shot {i}: {err}") from None
+        key = support_id(self.source, pixels, marks)
         with self._exclusive(key):  # a concurrent register of the same set waits here, then finds it
-            if key in self.cache:
+            bank = self.cache.peek(key)
+            stored = self.store is not None and key in self.store
+            if bank is not None and (self.store is None or stored):
                 return key
-            bank = self._from_store(key)
+            if bank is None:
+                bank = self._from_store(key) if stored else None
             if bank is None:
                 try:
-                    bank = self.segmenter.encode_support(images, masks)
+                    bank = self.segmenter.encode_support(pixels, marks)
                 except ValueError as err:
                     raise BadRequest(str(err)) from None
                 self._count("encodes")
-                if self.store is not None:  # a file there now could not be read (_from_store): replace it
-                    self.store.write(key, bank.arrays, {"backend": self.segmenter.backend}, replace=key in self.store)
-                    self._count("store_writes")
-            try:
-                self.cache.put(key, bank)
-            except ValueError as err:
-                if self.store is None:  # nowhere to keep it: the id would be useless
-                    raise BadRequest(str(err)) from None
-                LOG.warning("%s; support %s is read from the bank store on every query", err, key[:12])
+                self._check_fits(bank)  # before the store: a bank no replica could cache is refused
+                self._to_store(key, bank)
+            elif not stored:  # cached, but its file was deleted (a retention policy): write it again
+                self._to_store(key, bank)
+            self.cache.put(key, bank)
         return key
 
     def support(self, key: str) -> SupportBank:
@@ -155,9 +191,8 @@ class FewShotService:
                     f"support id {key[:12]}... is not registered ({where} does not hold it): "
                     "call register_support with its images and masks, then retry"
                 )
-            if key not in self.cache:
-                with contextlib.suppress(ValueError):  # larger than the cache: read from the store each time
-                    self.cache.put(key, bank)
+            with contextlib.suppress(ValueError):  # larger than a cache made smaller since: served uncached
+                self.cache.put(key, bank)
         return bank
 
     def segment(self, key: str, image: ImageLike, threshold: float | None = None) -> np.ndarray:

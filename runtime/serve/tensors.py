@@ -96,16 +96,20 @@ def request_image(request: Request, what: str, check_size: SizeCheck | None) -> 
     return open_image_file(files.reshape(-1)[0], what, check_size)
 
 
-def support_inputs(request: Request, check_size: SizeCheck) -> tuple[list, list]:
-    """(images, masks) of a register_support request, one entry per shot."""
+def support_inputs(
+    request: Request, check_size: SizeCheck, check_shots: Callable[[int, int], None]
+) -> tuple[list, list]:
+    """(images, masks) of a register_support request, one entry per shot; the counts checked before decoding."""
     kind = _one_of(request, "images", "image_files", "support")
     if kind == "images":
         if "masks" not in request:
             raise BadRequest("support: images (pixels) need masks (pixels), UINT8 (S, H, W), one per image")
         images, masks = request["images"], request["masks"]
+        as_bad_request(lambda: check_shots(images.shape[0], masks.shape[0]))
         return [images[i] for i in range(images.shape[0])], [masks[i] for i in range(masks.shape[0])]
     if "mask_files" not in request:
         raise BadRequest("support: image_files need mask_files, one encoded mask file per image")
+    as_bad_request(lambda: check_shots(request["image_files"].size, request["mask_files"].size))
     images = [open_image_file(d, f"support shot {i} image", check_size) for i, d in enumerate(request["image_files"])]
     masks = [open_image_file(d, f"support shot {i} mask", check_size) for i, d in enumerate(request["mask_files"])]
     return images, masks
@@ -151,7 +155,7 @@ class FewShotHandlers:
     def register_support(self, requests: Sequence[Request]) -> list[dict[str, np.ndarray]]:
         responses = []
         for request in requests:
-            images, masks = support_inputs(request, self.check_size)
+            images, masks = support_inputs(request, self.check_size, self.service.segmenter.check_shots)
             key = self.service.register(images, masks)
             responses.append(
                 {"support_id": np.array([key.encode()], dtype=object), "shots": np.array([len(images)], np.int32)}
