@@ -171,7 +171,7 @@ def test_bad_requests_get_errors_and_the_server_goes_on(server, runtime, support
                         ("image", image.astype(np.float32), "FP32"),
                     ],
                 ),
-                "unexpected datatype FP32 for inference input 'image'",
+                "inference input 'image' data-type is 'FP32', but model 'segment' expects 'UINT8'",
             ),
             (
                 lambda: raw_infer(

@@ -70,11 +70,30 @@ def wait_until(ready, timeout_s: float, process: subprocess.Popen, what: str) ->
     raise RuntimeError(f"{what} was not ready after {timeout_s:.0f} s")
 
 
-def _kill_group(pid: int) -> None:
+def group_members(group: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_group(group: int, timeout_s: float = 10) -> None:
+    """SIGKILL to a process group, then waits until its members are gone (their ports free)."""
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(group, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    deadline = time.monotonic() + timeout_s
+    while group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class ServerProcess:
@@ -155,19 +174,8 @@ class ServerProcess:
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
 
     def pids(self) -> list[int]:
-        """The server's process and its children (tritonserver, the backend stubs)."""
-        if self.process is None:
-            return []
-        group = self.process.pid  # start_new_session: the server leads its own process group
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getpgid(int(entry.name)) == group:
-                        found.append(int(entry.name))
-                except (ProcessLookupError, PermissionError):
-                    continue
-        return found
+        """The live processes of the server's group: its own, tritonserver, the backend stubs."""
+        return [] if self.process is None else group_members(self.process.pid)
 
     def kill(self) -> None:
         """SIGKILL to the whole process group: a crash, nothing cleaned up."""
