@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from runtime.images import as_image_list, load_image, load_mask
+from runtime.serve.errors import ERROR_CLASSES
 
-ERROR_TAIL = re.compile(r"(BadRequest|UnknownSupport): (.+?)\s*$", re.MULTILINE)
+# The server's error classes, by name, as the last "Class: message" line of Triton's error text.
+ERROR_TAIL = re.compile(rf"({'|'.join(ERROR_CLASSES)}): (.+?)\s*$", re.MULTILINE)
 
 
 class ServerError(RuntimeError):
