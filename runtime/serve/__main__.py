@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             "the server needs PyTriton: pip install 'diffseg-deploy[serve]' (numpy < 2; see docs/serving.md)",
         )
     from runtime.serve.metrics import start_metrics_server
+    from runtime.serve.startup import serve
     from runtime.serve.triton_app import bind_models
 
     with reporting_errors():  # engine, store and port errors: one line and an exit code
@@ -142,20 +143,24 @@ def main(argv: list[str] | None = None) -> int:
         log_verbose=0,
     )
     signal.signal(signal.SIGTERM, _stop)
+
+    def on_ready(names: list[str]) -> None:
+        LOG.info(
+            "serving %s on %s: http %d, grpc %d, metrics %d, bank metrics %d",
+            ", ".join(names),
+            args.host,
+            args.http_port,
+            args.grpc_port,
+            args.metrics_port,
+            args.bank_metrics_port,
+        )
+
     try:
-        with Triton(config=config) as triton:
-            names = bind_models(triton, fewshot, parts, args.instances)
-            triton.run()  # starts the server and loads the models
-            LOG.info(
-                "serving %s on %s: http %d, grpc %d, metrics %d, bank metrics %d",
-                ", ".join(names),
-                args.host,
-                args.http_port,
-                args.grpc_port,
-                args.metrics_port,
-                args.bank_metrics_port,
-            )
-            triton.serve()
+        serve(
+            lambda: Triton(config=config),
+            lambda triton: bind_models(triton, fewshot, parts, args.instances),
+            on_ready,
+        )
     except KeyboardInterrupt:
         LOG.info("stopped")
     except Exception as err:  # noqa: BLE001 - Triton failed to start or died (a port in use, a model that cannot load)
