@@ -10,6 +10,7 @@ AVX512-BF16, OpenVINO 2026.4; fp32 snippets are repeatable).
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,16 @@ from runtime.sessions import graph_load_error
 # let the process grow by about 0.7 MB with every new query size. A bound keeps memory flat while
 # recently used sizes stay fast (`benchmarks.query_sizes` measures both).
 OPENVINO_SHAPE_CACHE = 64
+# Below that cache, oneDNN (inside OpenVINO's CPU plugin) keeps its own cache of primitives, 1024 by
+# default. On an AMD EPYC (AVX-512, no AMX) it grew the process by about 0.35 MB per new query size
+# although the shape cache was bounded (tests/test_openvino.py's 800 sizes: +106 MB over the second
+# 400); bounded alike, by about 2 MB. oneDNN reads this variable once, when the plugin first
+# builds a primitive, so it is set before any graph compiles; a value the user set is kept.
+ONEDNN_PRIMITIVE_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 def _openvino():
+    os.environ.setdefault(ONEDNN_PRIMITIVE_CACHE, str(OPENVINO_SHAPE_CACHE))  # before anything compiles
     try:
         return importlib.import_module("openvino")
     except ImportError as err:
@@ -37,8 +45,8 @@ def _openvino():
 def cpu_has_bf16() -> bool:
     """Does OpenVINO's CPU plugin compute in bf16 on this CPU (AVX512-BF16 or AMX)? False without OpenVINO."""
     try:
-        ov = importlib.import_module("openvino")
-    except ImportError:
+        ov = _openvino()
+    except RuntimeError:
         return False
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
