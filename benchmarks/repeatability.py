@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import cpu_name
 from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
@@ -30,16 +30,6 @@ from runtime.sections import QUERY_SEGMENTER
 from segdata.samples import held_out_episodes, resize_array
 
 SETTINGS = {"snippets on (before)": False, "snippets off (default)": True}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def episode(side: int, shots: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:

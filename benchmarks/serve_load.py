@@ -25,7 +25,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -35,30 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import cpu_name, percentiles
 from runtime.cli import refuse_to_overwrite
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from runtime.serve.client import SegmentationClient
 from runtime.serve.process import ServerProcess, serve_python
 from segdata.samples import held_out_episodes
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def percentiles(latencies_ms: list[float]) -> dict:
-    values = np.asarray(latencies_ms)
-    return {
-        "n": int(values.size),
-        "p50_ms": float(np.percentile(values, 50)),
-        "p95_ms": float(np.percentile(values, 95)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "max_ms": float(values.max()),
-    }
 
 
 def resident_mb(pids: list[int]) -> float:
