@@ -25,13 +25,20 @@ python -m pip install -q -c constraints.txt -e ".[train,export,runtime,dev]"
 if [[ "$what" == "demo" ]]; then
   python scripts/demo.py --out demo_out
 else
-  # nginx: the scale-out test runs two servers behind it on loopback (tests/test_serve_scaleout.py).
-  if ! command -v nginx >/dev/null; then
+  # System packages the tests need: nginx (tests/test_serve_scaleout.py runs two servers behind it)
+  # and the C++ host's build tools and libraries (tests/test_cpp_host.py builds hosts/cpp; docs/cpp.md).
+  debian=(cmake g++ pkg-config nlohmann-json3-dev libpng-dev libssl-dev libzip-dev libexif-dev libcli11-dev libgtest-dev)
+  missing=()
+  command -v nginx >/dev/null || missing+=(nginx-light)
+  for package in "${debian[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
       apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-      echo "note: nginx is missing, so tests/test_serve_scaleout.py will fail: install it (Debian: nginx-light)" >&2
+      echo "note: missing ${missing[*]}: tests/test_serve_scaleout.py and tests/test_cpp_host.py will fail; install them (Debian)" >&2
     fi
   fi
   # The server's environment (python -m runtime.serve): PyTriton pins numpy < 2, so it lives beside
