@@ -21,6 +21,12 @@ std::string quoted(const std::string& name) { return "'" + name + "'"; }
 
 }  // namespace
 
+std::string python_list(const std::vector<std::string>& names) {
+    std::string out = "[";
+    for (size_t i = 0; i < names.size(); ++i) out += (i ? ", '" : "'") + names[i] + "'";
+    return out + "]";
+}
+
 std::string python_float(double value) {
     if (std::isnan(value)) return "nan";
     if (std::isinf(value)) return value > 0 ? "inf" : "-inf";

@@ -10,12 +10,6 @@
 namespace diffseg {
 namespace {
 
-std::string list_text(const std::vector<std::string>& names) {
-    std::string out = "[";
-    for (size_t i = 0; i < names.size(); ++i) out += (i ? ", '" : "'") + names[i] + "'";
-    return out + "]";
-}
-
 size_t element_count(const std::vector<int64_t>& shape) {
     size_t count = 1;
     for (int64_t d : shape) count *= static_cast<size_t>(d);
@@ -147,7 +141,7 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::read_support(const std::str
     try {
         if (!missing.empty()) {
             const std::vector<std::string> first(missing.begin(), missing.begin() + std::min<size_t>(3, missing.size()));
-            throw InputError("the bank lacks tensors " + list_text(first) + (missing.size() > 3 ? " ..." : ""));
+            throw InputError("the bank lacks tensors " + python_list(first) + (missing.size() > 3 ? " ..." : ""));
         }
         std::vector<std::vector<float>> values;
         std::vector<std::vector<int64_t>> shapes;

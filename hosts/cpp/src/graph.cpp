@@ -11,12 +11,6 @@
 namespace diffseg {
 namespace {
 
-std::string list_text(const std::vector<std::string>& names) {
-    std::string out = "[";
-    for (size_t i = 0; i < names.size(); ++i) out += (i ? ", '" : "'") + names[i] + "'";
-    return out + "]";
-}
-
 }  // namespace
 
 std::shared_ptr<const Resident> Graph::upload(const std::vector<TensorView>& arrays) const {
@@ -41,8 +35,8 @@ std::vector<HostTensor> Graph::run(const std::vector<TensorView>& feed, const Re
         if (count > 1 || std::find(names.begin(), names.end(), name) == names.end()) extra.push_back(name);
     }
     if (!missing.empty() || !extra.empty())
-        throw InputError(spec_.name + ": inputs missing " + list_text(missing) + ", unknown or given twice " +
-                         list_text(extra));
+        throw InputError(spec_.name + ": inputs missing " + python_list(missing) + ", unknown or given twice " +
+                         python_list(extra));
     for (const auto& tensor : feed) spec_.input(tensor.name).check(tensor.dtype, tensor.shape, spec_.name);
     return infer(feed, resident);
 }

@@ -53,12 +53,6 @@ std::string first_line(const std::string& text) {
     return line.substr(0, 300);
 }
 
-std::string list_text(const std::vector<std::string>& names) {
-    std::string out = "[";
-    for (size_t i = 0; i < names.size(); ++i) out += (i ? ", '" : "'") + names[i] + "'";
-    return out + "]";
-}
-
 class OpenVinoGraph : public Graph {
    public:
     OpenVinoGraph(const std::string& path, const GraphSpec& spec, bool bf16, int threads)
@@ -77,8 +71,8 @@ class OpenVinoGraph : public Graph {
         std::vector<std::string> names;
         for (const auto& port : model->inputs()) names.push_back(port.get_any_name());
         if (names != spec.input_names())
-            throw InputError(path + ": graph inputs " + list_text(names) + " do not match the manifest's " +
-                             list_text(spec.input_names()));
+            throw InputError(path + ": graph inputs " + python_list(names) + " do not match the manifest's " +
+                             python_list(spec.input_names()));
         // The Python runtime's properties (openvino_config), typed as the plugin reads them.
         ov::AnyMap config{ov::hint::inference_precision(bf16 ? ov::element::bf16 : ov::element::f32),
                           ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY),

@@ -11,9 +11,12 @@
 // | 7         | the operating system refused a read or write                                    |
 #pragma once
 
+#include <CLI/CLI.hpp>
+
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -25,6 +28,20 @@
 namespace diffseg::cli {
 
 enum ExitCode { kUsage = 2, kInput = 3, kEngines = 4, kOutput = 5, kBackend = 6, kSystem = 7 };
+
+// Parses the command line: the exit code to return at once (0 after --help, kUsage for a bad
+// command line), or nothing to go on.
+inline std::optional<int> parse(CLI::App& app, int argc, char** argv) {
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& help) {
+        return app.exit(help);
+    } catch (const CLI::ParseError& err) {
+        std::cerr << "error: " << err.what() << std::endl;
+        return kUsage;
+    }
+    return std::nullopt;
+}
 
 // Whitespace collapsed, so that every error is one line.
 inline std::string one_line(const std::string& message) {

@@ -80,12 +80,6 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"auto", "openvino", "openvino-bf16", "tensorrt"}));
     app.add_option("--threads", args.threads, "inference threads (0: OpenVINO's default)")->check(CLI::NonNegativeNumber);
     app.add_flag("--overwrite", args.overwrite, "replace existing output files");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& help) {
-        return app.exit(help);
-    } catch (const CLI::ParseError& err) {
-        return cli::fail(cli::kUsage, err.what());
-    }
+    if (const auto code = cli::parse(app, argc, argv)) return *code;
     return cli::reporting_errors([&] { return run(args); });
 }

@@ -99,13 +99,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"auto", "openvino", "openvino-bf16", "tensorrt"}));
     app.add_option("--threads", args.threads, "inference threads (0: OpenVINO's default)")->check(CLI::NonNegativeNumber);
     app.add_flag("--overwrite", args.overwrite, "replace existing output files");
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& help) {
-        return app.exit(help);
-    } catch (const CLI::ParseError& err) {
-        return cli::fail(cli::kUsage, err.what());
-    }
+    if (const auto code = cli::parse(app, argc, argv)) return *code;
     if (args.load_support.empty() && args.supports.empty())
         return cli::fail(cli::kUsage, "give supports (--support IMG --support-mask MASK, repeated) or --load-support FILE");
     if (!args.load_support.empty() && !args.supports.empty())

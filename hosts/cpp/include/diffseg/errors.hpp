@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace diffseg {
 
@@ -49,5 +50,8 @@ struct SystemError : Error {
 // `value` as Python's repr(float) writes it (1.0, 0.25, 1e-05, nan, inf), so that messages that
 // quote a number read as the Python runtime's.
 std::string python_float(double value);
+
+// `names` as Python's repr of a list of str writes it: ['a', 'b'].
+std::string python_list(const std::vector<std::string>& names);
 
 }  // namespace diffseg
