@@ -166,6 +166,11 @@ def image_cases(folder: Path) -> dict[str, Path]:
     cases["exif6-after-pixels"] = png_file(
         folder / "late.png", w, h, 8, 2, photo, [(b"eXIf-late", exif_orientation(6))]
     )
+    tiff = exif_orientation(6).hex()  # ImageMagick's text form, hex split over lines, compressed
+    raw = f"\nexif\n{len(tiff) // 2:8}\n{tiff[:20]}\n{tiff[20:]}\n".encode()
+    cases["raw-profile-exif6"] = png_file(
+        folder / "raw.png", w, h, 8, 2, photo, [(b"zTXt", b"Raw profile type exif\x00\x00" + zlib.compress(raw))]
+    )
     xmp = b'XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta><rdf:Description tiff:Orientation="8"/></x:xmpmeta>'
     cases["xmp8"] = png_file(folder / "xmp.png", w, h, 8, 2, photo, [(b"iTXt", xmp)])
     Image.fromarray(photo.astype(np.uint8)).convert("L").save(folder / "pil-grey.png")

@@ -5,6 +5,7 @@
 #include <libexif/exif-data.h>
 #include <png.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <csetjmp>
@@ -135,21 +136,23 @@ int exif_orientation(const std::vector<uint8_t>& tiff) {
 int orientation(const Decoded& png, const std::string& what) {
     std::vector<uint8_t> tiff = png.exif;
     if (tiff.empty() && !png.raw_profile_exif.empty()) {
-        // "\nexif\n   LENGTH\nHEX..." (hex split over lines)
-        size_t start = 0;
-        for (int newline = 0; newline < 3 && start != std::string::npos; ++newline)
-            start = png.raw_profile_exif.find('\n', start == 0 && newline == 0 ? 0 : start + 1);
+        // "\nexif\n   LENGTH\nHEX...": Pillow reads the hex digits after the third line break,
+        // whitespace ignored (bytes.fromhex).
+        size_t at = std::string::npos;
+        for (int line = 0; line < 3; ++line) {
+            at = png.raw_profile_exif.find('\n', at == std::string::npos ? 0 : at + 1);
+            if (at == std::string::npos) break;
+        }
         std::string hex;
-        if (start != std::string::npos)
-            for (char c : png.raw_profile_exif.substr(start + 1))
-                if (c != '\n') hex += c;
-        if (hex.size() % 2) throw InputError(what + ": its EXIF orientation cannot be read (odd-length hex)");
+        if (at != std::string::npos)
+            for (char c : png.raw_profile_exif.substr(at + 1))
+                if (!std::isspace(static_cast<unsigned char>(c))) hex += c;
         for (size_t i = 0; i < hex.size(); i += 2) {
-            char* stop = nullptr;
-            const std::string pair = hex.substr(i, 2);
-            const long byte = std::strtol(pair.c_str(), &stop, 16);
-            if (*stop) throw InputError(what + ": its EXIF orientation cannot be read (non-hexadecimal data)");
-            tiff.push_back(static_cast<uint8_t>(byte));
+            if (i + 1 == hex.size() || !std::isxdigit(static_cast<unsigned char>(hex[i])) ||
+                !std::isxdigit(static_cast<unsigned char>(hex[i + 1])))
+                throw InputError(what + ": its EXIF orientation cannot be read (the Raw profile type exif text is "
+                                        "not hexadecimal)");
+            tiff.push_back(static_cast<uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
         }
     }
     if (const int value = tiff.empty() ? 0 : exif_orientation(tiff)) return value;
