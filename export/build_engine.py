@@ -24,6 +24,7 @@ from export.parity import ParityError
 from export.tensorrt_build import TensorRTUnavailable
 from runtime.files import OutputError
 from runtime.sections import OLD_READOUT_NAMES, READOUTS
+from runtime.support_selection import DEFAULT_RULE, RULES
 
 # Flags of one method only: flag -> its argparse destination. Their defaults are None, so that
 # "given" can be told from "left at the default".
@@ -34,6 +35,9 @@ DIFFEWS_ONLY = {
     "--resolution": "resolution",
     "--readout": "readout",
     "--parity-episodes": "parity_episodes",
+    "--selection": "selection",
+    "--selection-budget": "selection_budget",
+    "--selection-seed": "selection_seed",
 }
 SLIME_ONLY = {
     "--base-path": "base_path",
@@ -69,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="export this architecture with random weights instead of --model (size and speed checks)",
     )
-    diffews.add_argument("--max-shots", type=int, default=None, help="largest support set the query graph takes (5)")
+    diffews.add_argument("--max-shots", type=int, default=None, help="largest support set taken (5)")
     diffews.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's own)")
     diffews.add_argument(
         "--readout",
@@ -82,6 +86,24 @@ def parser() -> argparse.ArgumentParser:
         "model has one, else vae. docs/readouts.md gives each one's agreement",
     )
     diffews.add_argument("--parity-episodes", type=int, default=None, help="held-out episodes (1-3) for parity (3)")
+    diffews.add_argument(
+        "--selection",
+        choices=RULES,
+        default=None,
+        help="how a support set of more shots than the budget is reduced, once, before queries read it: "
+        "foreground (foreground tokens first, the rest spread over every shot), stratified (spread over every "
+        "region of every shot), uniform (the paper's random sampling, seeded), all (every token, the released "
+        "code's behaviour: query cost grows with shots). Default: "
+        f"{DEFAULT_RULE} (docs/diffews.md, more shots)",
+    )
+    diffews.add_argument(
+        "--selection-budget",
+        type=int,
+        default=None,
+        help="shots' worth of support tokens kept per layer (default: the shot count the model was trained with, "
+        "else 1); the query graph takes at most this many shots",
+    )
+    diffews.add_argument("--selection-seed", type=int, default=None, help="seed of the uniform rule (0)")
 
     slime = p.add_argument_group("SLiMe")
     slime.add_argument(

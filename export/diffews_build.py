@@ -39,6 +39,7 @@ from runtime.contract import GraphSpec
 from runtime.manifest import Manifest
 from runtime.sections import QUERY_SEGMENTER, READOUTS, SUPPORT_ENCODER, DiffewsSection, FusedLayer, Readout
 from runtime.sessions import OnnxRuntimeGraph
+from runtime.support_selection import DEFAULT_RULE, SupportSelection
 from segdata.episodes import Episode
 from segdata.samples import held_out_episodes
 
@@ -62,6 +63,9 @@ def build_diffews(
     parity_episodes: int = MAX_PARITY_EPISODES,
     tensorrt: bool = False,
     overwrite: bool = False,
+    selection: str = DEFAULT_RULE,
+    selection_budget: int | None = None,
+    selection_seed: int = 0,
 ) -> Path:
     """Builds the engine directory `out` from a DiffewS model; returns its path.
 
@@ -69,7 +73,7 @@ def build_diffews(
         model: the model folder (`modeling.diffews_folder`; default: the shipped synth model).
         random_arch: instead of a model folder, this architecture with seeded random weights
             (`modeling.presets.RANDOM_ARCHS`: "sd21"), for size and speed checks at full size.
-        max_shots: the largest support set the query graph takes.
+        max_shots: the largest support set the support encoder is asked to encode.
         resolution: the model resolution (a multiple of 64; default: the model's own).
         min_side, max_side: the range of image sides the graphs accept.
         precision: "fp32" or "fp16" graphs.
@@ -80,6 +84,13 @@ def build_diffews(
         parity_episodes: held-out episodes (1 to 3) the parity check runs on.
         tensorrt: fail when TensorRT's ONNX parser cannot read a graph (the plans are built after).
         overwrite: replace an existing engine directory.
+        selection: how a support set of more shots than `selection_budget` is reduced before the
+            query graph reads it (`runtime.support_selection.RULES`; "all" keeps every token, as
+            the released code does).
+        selection_budget: the shots' worth of tokens kept (default: the shot count the model
+            was trained with, from its diffews.json, else 1). The query graph takes at most
+            this many shots when the rule reduces, else `max_shots`.
+        selection_seed: the "uniform" rule's seed.
     Raises:
         ValueError: an argument out of range; `ParityError` when a graph misses its tolerance;
         `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
@@ -91,13 +102,22 @@ def build_diffews(
     out = Path(out)
     check_engine_output(out, overwrite)  # before the slow load
     diffews, source = _load(Path(model if model is not None else DEFAULT_MODEL), random_arch)
+    support_selection = SupportSelection(selection, selection_budget or source["trained_shots"], selection_seed)
     if resolution:
         diffews.resolution = resolution
     readout = choose_readout(readout, diffews)
-    log(f"loaded {source['source']} (resolution {diffews.resolution}, read-out {readout})")
+    log(
+        f"loaded {source['source']} (resolution {diffews.resolution}, read-out {readout}); support selection: "
+        f"{support_selection.describe()}"
+    )
     layers = fused_layers(diffews)
     specs = diffews_graph_specs(
-        layers, max_shots, min_side=min_side, opt_side=diffews.resolution, max_side=max_side, precision=precision
+        layers,
+        support_selection.bank_shots(max_shots),
+        min_side=min_side,
+        opt_side=diffews.resolution,
+        max_side=max_side,
+        precision=precision,
     )
     samples = held_out_episodes(diffews.resolution, min(2, max_shots), parity_episodes, fold=source["fold"])
     with engine_directory(out, overwrite) as work:
@@ -106,7 +126,7 @@ def build_diffews(
         write_parity(work, rows)
         Manifest(
             kind="diffews",
-            model={k: v for k, v in source.items() if k != "fold"},
+            model={k: v for k, v in source.items() if k not in ("fold", "trained_shots")},
             resolution=diffews.resolution,
             precision=precision,
             graphs={
@@ -114,7 +134,7 @@ def build_diffews(
                 name: graph_entry(path, specs[name], reduced_precision=name != SUPPORT_ENCODER)
                 for name, path in graphs.items()
             },
-            diffews=DiffewsSection(model_readout(diffews, readout), max_shots, tuple(layers)),
+            diffews=DiffewsSection(model_readout(diffews, readout), max_shots, tuple(layers), support_selection),
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
             rules=diffews_rules(specs, max_shots),
@@ -139,12 +159,14 @@ def _load(model: Path, random_arch: str | None) -> tuple[DiffewsModel, dict]:
         if random_arch not in RANDOM_ARCHS:
             raise ValueError(f"random_arch must be one of {', '.join(RANDOM_ARCHS)}, got {random_arch!r}")
         preset = RANDOM_ARCHS[random_arch]
-        source = {"source": preset.source, "hash": preset.hash, "base": random_arch, "fold": 0}
+        source = {"source": preset.source, "hash": preset.hash, "base": random_arch, "fold": 0, "trained_shots": 1}
         return random_diffews(random_arch, attention="matmul"), source
     config = read_config(model)
     diffews = load_diffews(model, attention="matmul")
     source = {"source": str(model), "hash": model_hash(model), "base": config.get("base")}
-    return diffews, {**source, "fold": int(config.get("data", {}).get("fold", 0))}
+    fold = int(config.get("data", {}).get("fold", 0))
+    trained_shots = int(config.get("training", {}).get("max_shots", 1))  # imported releases record none
+    return diffews, {**source, "fold": fold, "trained_shots": trained_shots}
 
 
 def choose_readout(choice: str, model: DiffewsModel) -> str:

@@ -20,12 +20,16 @@ MatMul-Softmax-MatMul, the pattern ONNX Runtime and TensorRT fuse); a test shows
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
+
+from runtime.support_selection import SupportSelection, layer_grid
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "matmul")
 MODES = ("plain", "record", "read")
@@ -70,6 +74,34 @@ class KVBank:
             keys={n: torch.cat([b.keys[n] for b in banks], dim=1) for n in names},
             values={n: torch.cat([b.values[n] for b in banks], dim=1) for n in names},
             shots=sum(b.shots for b in banks),
+        )
+
+    def select(self, selection: SupportSelection, masks: Sequence[Sequence[np.ndarray]]) -> KVBank:
+        """The bank reduced as `selection` says (`runtime.support_selection`), the runtime's tokens in its order.
+
+        Args:
+            masks: per episode, its S support masks (H, W), foreground non-zero.
+        Returns:
+            keys / values (B, K * N_l, C_l) with K = selection.bank_shots(S); this bank when not reduced.
+        """
+        if not selection.reduces(self.shots):
+            return self
+        if len(masks) != self.batch_size:
+            raise ValueError(f"the bank holds {self.batch_size} episodes but masks of {len(masks)} were given")
+        keep = {}
+        for name, key in self.keys.items():
+            grid = layer_grid(key.shape[1] // self.shots)
+            rows = [torch.as_tensor(selection.indices(episode, grid), device=key.device) for episode in masks]
+            keep[name] = torch.stack(rows)  # [B, K * N_l]
+
+        def pick(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            index = keep[name][..., None].expand(-1, -1, tensor.shape[-1])
+            return torch.gather(tensor, 1, index)
+
+        return KVBank(
+            {n: pick(n, t) for n, t in self.keys.items()},
+            {n: pick(n, t) for n, t in self.values.items()},
+            selection.budget_shots,
         )
 
     def map(self, fn) -> KVBank:

@@ -33,6 +33,7 @@ from modeling.slime import SlimeModel
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
 from runtime.patches import Patching, labels_from_scores, patched_scores
 from runtime.sections import READOUTS, THRESHOLD_RULES, check_threshold
+from runtime.support_selection import SupportSelection
 
 
 class TorchFewShotSegmenter:
@@ -42,30 +43,46 @@ class TorchFewShotSegmenter:
         model: the DiffewS model (eval mode is set here).
         readout: one of `runtime.sections.READOUTS` ("vae", the method's own, by default).
         max_shots: the largest support set accepted (None: any).
+        selection: how a support set larger than its budget is reduced (`runtime.support_selection`;
+            default: every token, the released code's behaviour), as the runtime's engines do it.
     """
 
     backend = "torch"
 
-    def __init__(self, model: DiffewsModel, readout: str = "vae", max_shots: int | None = None):
+    def __init__(
+        self,
+        model: DiffewsModel,
+        readout: str = "vae",
+        max_shots: int | None = None,
+        selection: SupportSelection | None = None,
+    ):
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         if readout != "vae" and getattr(model, readout) is None:
             raise ValueError(f"this model has no {readout}; train one with python -m train.mask_decoder")
         self.model, self.readout, self.max_shots = model.eval(), readout, max_shots
+        self.selection = selection or SupportSelection()
         self._bank: KVBank | None = None
+        self._shots = 0
         self._lock = threading.Lock()
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, readout: str = "vae", max_shots: int | None = None):
+    def from_folder(
+        cls,
+        folder: str | os.PathLike,
+        readout: str = "vae",
+        max_shots: int | None = None,
+        selection: SupportSelection | None = None,
+    ):
         """A model folder written by `python -m train.diffews` (`modeling.diffews_folder`)."""
         from modeling.diffews_folder import load_diffews
 
-        return cls(load_diffews(folder), readout, max_shots)
+        return cls(load_diffews(folder), readout, max_shots, selection)
 
     @property
     def shots(self) -> int:
-        bank = self._bank
-        return 0 if bank is None else bank.shots
+        """The support shots set (before any selection), 0 without a support set."""
+        return self._shots
 
     def set_support(self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike) -> None:
         """Encodes the support shots (image i with mask i; shots may differ in size) into the bank every query uses."""
@@ -84,7 +101,8 @@ class TorchFewShotSegmenter:
             shots.append((image, mask))
         with self._lock, torch.no_grad():
             banks = [self.model.bank_from_pixels(image[None, None], mask[None, None]) for image, mask in shots]
-        self._bank = KVBank.concat(banks)  # one assignment: a concurrent segment sees the old bank or the new
+        bank = KVBank.concat(banks).select(self.selection, [[mask for _, mask in shots]])
+        self._bank, self._shots = bank, len(shots)  # one assignment: a concurrent segment sees the old or the new
 
     def segment(self, query: ImageLike, threshold: float | None = None) -> np.ndarray:
         """The query's mask, (H, W) uint8 in {0, 1} at its own size (`threshold` as in the runtime)."""

@@ -29,9 +29,10 @@ class SupportBank:
     """An encoded support set, never changed once made (a new support set is a new `SupportBank`).
 
     Attributes:
-        arrays: name -> (S, N_l, C_l) float32, read-only.
+        arrays: name -> (B, N_l, C_l) float32, read-only: B = S, or the selection's budget when
+            the support set was larger (`runtime.support_selection`).
         resident: the same tensors where the query graph reads them (`Graph.upload`).
-        shots: S.
+        shots: S, the support shots encoded.
         host_bytes: the host memory it holds: the arrays, plus the backend's copy where it makes one.
         owner: the `FewShotSegmenter` that made it (only its own banks are used by `segment`).
     """
@@ -41,6 +42,11 @@ class SupportBank:
     shots: int
     host_bytes: int = 0
     owner: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def bank_shots(self) -> int:
+        """B, the shots' worth of tokens the query graph reads."""
+        return next(iter(self.arrays.values())).shape[0]
 
 
 class FewShotSegmenter:
@@ -71,6 +77,7 @@ class FewShotSegmenter:
         except ValueError as err:
             raise EngineDirError(f"{directory}: the manifest's read-out {err}; rebuild the engines") from err
         self.bank_names = manifest.diffews.bank_names
+        self.selection = manifest.diffews.selection
         support_out = manifest.graph(SUPPORT_ENCODER).spec.output_names
         query_bank = [n for n in manifest.graph(QUERY_SEGMENTER).spec.input_names if n not in ("image", "threshold")]
         if support_out != self.bank_names or query_bank != self.bank_names:  # checked before the slow compile
@@ -127,18 +134,21 @@ class FewShotSegmenter:
                 f"{images} support shots; these engines take {low} to {high} (rebuild with a larger --max-shots)"
             )
 
-    def encode_shot(self, image: ImageLike, mask: ImageLike) -> dict[str, np.ndarray]:
-        """One support shot -> its bank: name -> (1, N_l, C_l) float32."""
+    def encode_shot(self, image: ImageLike, mask: ImageLike) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """One support shot -> (its bank: name -> (1, N_l, C_l) float32, its (H, W) 0/1 mask)."""
         image, mask = load_image(image, "support image"), load_mask(mask, "support mask")
         check_pair(image, mask, "support")
         self.check_image(image, "support")
         outputs = self.support_encoder.run({"image": image, "mask": mask})
-        return dict(zip(self.bank_names, outputs))
+        return dict(zip(self.bank_names, outputs)), mask
 
     def encode_support(
         self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike
     ) -> SupportBank:
         """Encodes n support shots (image i with mask i) -> their `SupportBank`; nothing is cached.
+
+        More shots than the manifest's selection budget are reduced to the budget's token count
+        here, once (`runtime.support_selection`), so every query reads a bank of bounded size.
 
         Args:
             images: a list of images (file paths, PIL images or (H, W, 3) uint8 arrays), or one image.
@@ -146,13 +156,18 @@ class FewShotSegmenter:
         """
         images, masks = as_image_list(images, "support images"), as_image_list(masks, "support masks")
         self.check_shots(len(images), len(masks))
-        shots = []
+        shots, shot_masks = [], []
         for i, (image, mask) in enumerate(zip(images, masks)):
             try:
-                shots.append(self.encode_shot(image, mask))
+                bank, mask = self.encode_shot(image, mask)
             except ValueError as err:
                 raise ValueError(f"support shot {i}: {err}") from err
-        return self.make_bank({name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names})
+            shots.append(bank)
+            shot_masks.append(mask)
+        bank = {name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names}
+        if self.selection.reduces(len(shots)):
+            bank = self.selection.reduce(bank, shot_masks, self.manifest.diffews.bank_grids)
+        return self.make_bank(bank, shots=len(shots))
 
     def set_support(self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike) -> None:
         """Encodes n support shots (`encode_support`) and caches their bank for every later `segment`."""
@@ -183,9 +198,13 @@ class FewShotSegmenter:
                 raise ValueError(f"bank tensor {name!r} has NaN or infinite values: it is damaged; recompute it")
         return shots[self.bank_names[0]]
 
-    def make_bank(self, bank: dict[str, np.ndarray]) -> SupportBank:
-        """Checks `bank` (name -> (S, N_l, C_l) float32) and uploads it once to where the query graph reads it."""
-        shots = self.check_bank(bank)
+    def make_bank(self, bank: dict[str, np.ndarray], shots: int | None = None) -> SupportBank:
+        """Checks `bank` (name -> (B, N_l, C_l) float32) and uploads it once to where the query graph reads it.
+
+        Args:
+            shots: the support shots it was encoded from (default: B, a bank that was not reduced).
+        """
+        bank_shots = self.check_bank(bank)
         arrays = {}
         for name in self.bank_names:  # arrays this class made (concatenated shots, a loaded file): no copy needed
             array = np.ascontiguousarray(bank[name])
@@ -193,7 +212,7 @@ class FewShotSegmenter:
             arrays[name] = array
         resident = self.query_segmenter.upload(arrays)
         host_bytes = sum(a.nbytes for a in arrays.values()) + self.query_segmenter.resident_host_bytes(resident)
-        return SupportBank(arrays, resident, shots, host_bytes, owner=self)
+        return SupportBank(arrays, resident, bank_shots if shots is None else shots, host_bytes, owner=self)
 
     @property
     def bank(self) -> dict[str, np.ndarray]:
@@ -213,13 +232,15 @@ class FewShotSegmenter:
         when `path` exists without `overwrite`, is a folder, or cannot be written.
         """
         support = self._require_support()
-        return write_bank_file(path, support.arrays, self.manifest.model["hash"], overwrite, {"backend": self.backend})
+        meta = {"backend": self.backend, "support_shots": support.shots, "selection": self.selection.describe()}
+        return write_bank_file(path, support.arrays, self.manifest.model["hash"], overwrite, meta)
 
     def read_support(self, path: str | os.PathLike) -> SupportBank:
         """A bank written by `save_support` from the same model, checked whole -> a `SupportBank` (nothing cached)."""
-        arrays, _ = read_bank_file(path, self.manifest.model["hash"])
+        arrays, meta = read_bank_file(path, self.manifest.model["hash"])
         try:
-            return self.make_bank({n: arrays[n] for n in self.bank_names if n in arrays})
+            shots = int(meta["support_shots"]) if meta.get("support_shots", "").isdigit() else None
+            return self.make_bank({n: arrays[n] for n in self.bank_names if n in arrays}, shots=shots)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from runtime.patches import Patching
+from runtime.support_selection import SupportSelection, layer_grid
 
 # DiffewS: the two graphs, cut at the support K/V bank.
 SUPPORT_ENCODER = "support_encoder"
@@ -66,21 +67,36 @@ class Readout:
 
 @dataclass(frozen=True)
 class DiffewsSection:
-    """The DiffewS fields of a manifest: read-out, the largest support set, the fused layers."""
+    """The DiffewS fields of a manifest: read-out, the largest support set, the fused layers.
+
+    Attributes:
+        max_shots: the largest support set the support encoder is asked to encode.
+        selection: how a support set's bank is reduced before the query graph reads it
+            (`runtime.support_selection`); the query graph takes at most
+            `selection.bank_shots(max_shots)` shots.
+    """
 
     readout: Readout
     max_shots: int
     layers: tuple[FusedLayer, ...]
+    selection: SupportSelection = SupportSelection()
 
     @property
     def bank_names(self) -> list[str]:
         return bank_names(self.layers)
+
+    @property
+    def bank_grids(self) -> dict[str, tuple[int, int]]:
+        """Bank tensor name -> (h, w), its layer's token grid."""
+        grids = [layer_grid(layer.tokens) for layer in self.layers]
+        return dict(zip(self.bank_names, grids + grids))
 
     def to_json(self) -> dict:
         return {
             "readout": asdict(self.readout),
             "max_shots": self.max_shots,
             "layers": [asdict(layer) for layer in self.layers],
+            "support_selection": self.selection.to_json(),
         }
 
     @classmethod
@@ -90,6 +106,7 @@ class DiffewsSection:
             Readout(readout["mode"], float(readout["threshold"]), readout.get("decoder", "vae")),
             int(data["max_shots"]),
             tuple(FusedLayer(**layer) for layer in data["layers"]),
+            SupportSelection.from_json(data.get("support_selection")),  # absent: every token (built before it)
         )
 
 

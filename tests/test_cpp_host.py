@@ -24,6 +24,7 @@ from runtime.bank_files import write_bank_file
 from runtime.fewshot import FewShotSegmenter
 from runtime.images import load_image, load_mask
 from runtime.parts import PartSegmenter
+from runtime.support_selection import SupportSelection
 from segdata.samples import episode_at_sizes, held_out_episodes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,11 +44,14 @@ def host(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-    """Engines of the shipped synth DiffewS model (128 px) taking 1 to 5 shots, sides 32 to 512."""
+    """Engines of the shipped synth DiffewS model (128 px) taking 1 to 5 shots, sides 32 to 512; more
+    than 2 shots are reduced to 2 shots' tokens by the foreground rule, so 5 shots test the selection."""
     from export.diffews_build import build_diffews
 
     out = tmp_path_factory.mktemp("cpp-engines") / "engines"
-    return build_diffews(out, max_shots=MAX_SHOTS, parity_episodes=1, max_side=512)
+    return build_diffews(
+        out, max_shots=MAX_SHOTS, parity_episodes=1, max_side=512, selection="foreground", selection_budget=2
+    )
 
 
 def save(array: np.ndarray, path: Path) -> str:
@@ -230,6 +234,25 @@ def test_resizing_equals_pillow(host, tmp_path):
         assert run([host.tool("probe"), "resize-nearest", source, h, w, out]).returncode == 0
         expected = np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
         assert np.array_equal(np.asarray(Image.open(out)), expected), f"nearest {out_w}x{out_h} -> {w}x{h}"
+
+
+def test_support_selection_keeps_the_python_runtimes_tokens(host, tmp_path):
+    rng = np.random.default_rng(3)
+    files, masks = [], []
+    for s, (h, w) in enumerate([(128, 128), (96, 160), (20, 24), (200, 150), (64, 64)]):  # one smaller than a grid
+        mask = np.zeros((h, w), np.uint8)
+        top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        mask[top : top + h // 3, left : left + w // 3] = 1
+        masks.append(mask)
+        files.append(save(mask * 255, tmp_path / f"mask{s}.png"))
+    for rule in ("uniform", "stratified", "foreground"):
+        for side in (32, 16, 8, 4):
+            for budget, seed in ((2, 0), (3, 7)):
+                done = run([host.tool("probe"), "select", rule, budget, seed, side, *files])
+                assert done.returncode == 0, done.stderr
+                want = SupportSelection(rule, budget, seed).indices(masks, (side, side))
+                got = np.array([int(line) for line in done.stdout.split()])
+                assert np.array_equal(got, want), (rule, side, budget)
 
 
 # ---------------------------------------------------------------- the same masks on the same engines

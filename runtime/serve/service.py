@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -32,17 +33,21 @@ ID_VERSION = b"diffews-support-id/1"
 
 
 def bank_source(segmenter: FewShotSegmenter) -> str:
-    """What a bank depends on besides the pixels: the model, the support encoder's files and the backend.
+    """What a bank depends on besides the pixels: the model, the support encoder's files, the backend
+    and the support selection.
 
     Replicas with the same engines and backend share ids and stored banks; a replica built with
-    other export options (precision, resolution) or on another backend gets ids of its own
-    rather than banks that would not give its own masks.
+    other export options (precision, resolution, a selection rule) or on another backend gets ids
+    of its own rather than banks that would not give its own masks. Engines that keep every token
+    (rule "all") give the ids they gave before the selection existed.
     """
     entry = segmenter.manifest.graph(SUPPORT_ENCODER)
     digest = hashlib.sha256(segmenter.manifest.model["hash"].encode())
     for name, sha in sorted(entry.files.items()):
         digest.update(f"\0{name}\0{sha}".encode())
     digest.update(f"\0{segmenter.backend}".encode())
+    if segmenter.selection.rule != "all":
+        digest.update(f"\0{json.dumps(segmenter.selection.to_json(), sort_keys=True)}".encode())
     return digest.hexdigest()
 
 

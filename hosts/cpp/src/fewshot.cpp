@@ -59,7 +59,8 @@ FewShotSegmenter::~FewShotSegmenter() = default;
 // ------------------------------------------------------------------ supports
 
 std::shared_ptr<const SupportBank> FewShotSegmenter::make_bank(std::vector<std::vector<float>> values,
-                                                               std::vector<std::vector<int64_t>> shapes) const {
+                                                               std::vector<std::vector<int64_t>> shapes,
+                                                               int support_shots) const {
     const GraphSpec& query = query_segmenter_->spec();
     int shots = -1;
     std::string odd;
@@ -84,7 +85,7 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::make_bank(std::vector<std::
                 throw InputError("bank tensor '" + bank_names_[i] +
                                  "' has NaN or infinite values: it is damaged; recompute it");
     auto bank = std::make_shared<SupportBank>();
-    bank->shots = shots;
+    bank->shots = support_shots > 0 ? support_shots : shots;
     bank->names = bank_names_;
     bank->shapes = std::move(shapes);
     bank->values = std::move(values);
@@ -124,7 +125,25 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::encode_support(const std::v
             else shapes[i][0] += out.shape[0];
         }
     }
-    return make_bank(std::move(values), std::move(shapes));
+    const SupportSelection& selection = manifest_.selection;
+    if (selection.reduces(images.size())) {
+        std::vector<const Mask*> shot_masks;
+        for (const auto& mask : masks) shot_masks.push_back(&mask);
+        for (size_t i = 0; i < bank_names_.size(); ++i) {
+            const int64_t tokens = shapes[i][1], channels = shapes[i][2];
+            const int side = static_cast<int>(std::lround(std::sqrt(static_cast<double>(tokens))));
+            if (static_cast<int64_t>(side) * side != tokens)
+                throw EngineDirError(manifest_.directory + ": a layer of " + std::to_string(tokens) +
+                                     " tokens is not a square grid; rebuild the engines");
+            const std::vector<int64_t> keep = selection.indices(shot_masks, side, side);
+            std::vector<float> kept(keep.size() * channels);
+            for (size_t k = 0; k < keep.size(); ++k)
+                std::copy_n(&values[i][keep[k] * channels], channels, &kept[k * channels]);
+            values[i] = std::move(kept);
+            shapes[i][0] = static_cast<int64_t>(keep.size()) / tokens;
+        }
+    }
+    return make_bank(std::move(values), std::move(shapes), static_cast<int>(images.size()));
 }
 
 void FewShotSegmenter::set_support(const std::vector<Image>& images, const std::vector<Mask>& masks) {
@@ -153,7 +172,10 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::read_support(const std::str
             values.push_back(std::move(data));
             shapes.push_back(array.shape);
         }
-        return make_bank(std::move(values), std::move(shapes));
+        const auto recorded = contents.meta.find("support_shots");
+        const bool counted = recorded != contents.meta.end() && !recorded->second.empty() &&
+                             recorded->second.find_first_not_of("0123456789") == std::string::npos;
+        return make_bank(std::move(values), std::move(shapes), counted ? std::stoi(recorded->second) : 0);
     } catch (const InputError& err) {
         throw InputError(path + ": " + err.what());
     }
@@ -169,7 +191,10 @@ void FewShotSegmenter::save_support(const std::string& path, bool overwrite) con
     const auto bank = require_support();
     std::vector<BankTensor> tensors;
     for (size_t i = 0; i < bank->names.size(); ++i) tensors.push_back({bank->names[i], bank->shapes[i], bank->values[i].data()});
-    write_bank_file(path, tensors, manifest_.model_hash, overwrite, {{"backend", backend_}});
+    write_bank_file(path, tensors, manifest_.model_hash, overwrite,
+                    {{"backend", backend_},
+                     {"support_shots", std::to_string(bank->shots)},
+                     {"selection", manifest_.selection.describe()}});
 }
 
 int FewShotSegmenter::shots() const {

@@ -187,6 +187,17 @@ void read_diffews(const Field& root, Manifest& manifest) {
     manifest.readout.threshold = readout["threshold"].number().value;
     manifest.readout.decoder = readout.has("decoder") ? readout["decoder"].string() : "vae";
     manifest.max_shots = static_cast<int>(root["max_shots"].integer(1));
+    if (root.has("support_selection")) {  // absent: every token, as engines built before it
+        const Field selection = root["support_selection"];
+        manifest.selection.rule = selection["rule"].string();
+        if (manifest.selection.rule != "all" && manifest.selection.rule != "uniform" &&
+            manifest.selection.rule != "stratified" && manifest.selection.rule != "foreground")
+            throw SchemaProblem(selection.path() + ".rule: '" + manifest.selection.rule +
+                                "' is not one of ['all', 'uniform', 'stratified', 'foreground']");
+        manifest.selection.budget_shots = static_cast<int>(selection["budget_shots"].integer(1));
+        if (selection.has("seed")) manifest.selection.seed = static_cast<uint64_t>(selection["seed"].integer(0));
+        if (selection.has("foreground_share")) manifest.selection.foreground_share = selection["foreground_share"].number().value;
+    }
     const Field layers = root["layers"];
     if (layers.array().empty()) throw SchemaProblem(layers.path() + ": [] should be non-empty");
     for (size_t i = 0; i < layers.size(); ++i) {

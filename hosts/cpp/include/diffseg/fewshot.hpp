@@ -33,9 +33,10 @@ struct Options {
 
 // An encoded support set, never changed once made (a new support set is a new bank).
 struct SupportBank {
-    int shots = 0;
+    int shots = 0;                              // S, the support shots encoded
     std::vector<std::string> names;             // key_00 ... value_{L-1}
-    std::vector<std::vector<int64_t>> shapes;   // per name: (S, N_l, C_l)
+    // per name: (B, N_l, C_l), B = S, or the selection's budget when S was larger (manifest.hpp)
+    std::vector<std::vector<int64_t>> shapes;
     std::vector<std::vector<float>> values;     // per name, C order
     std::shared_ptr<const Resident> resident;   // where the query graph reads them
     const void* owner = nullptr;                // the segmenter that made it: only its own banks are used
@@ -52,8 +53,9 @@ class FewShotSegmenter {
     ~FewShotSegmenter();
 
     // --- supports
-    // Encodes n shots (image i with mask i, each pair of one size, sizes free) -> their bank;
-    // nothing is cached. Throws InputError with the Python runtime's messages.
+    // Encodes n shots (image i with mask i, each pair of one size, sizes free) -> their bank,
+    // reduced to the manifest's selection budget when n is larger; nothing is cached. Throws
+    // InputError with the Python runtime's messages.
     std::shared_ptr<const SupportBank> encode_support(const std::vector<Image>& images,
                                                       const std::vector<Mask>& masks) const;
     // encode_support, then caches the bank for every later segment().
@@ -81,7 +83,7 @@ class FewShotSegmenter {
    private:
     FewShotSegmenter(Manifest manifest, const Options& options);
     std::shared_ptr<const SupportBank> make_bank(std::vector<std::vector<float>> values,
-                                                 std::vector<std::vector<int64_t>> shapes) const;
+                                                 std::vector<std::vector<int64_t>> shapes, int shots = 0) const;
     std::shared_ptr<const SupportBank> cached() const;
     std::shared_ptr<const SupportBank> require_support() const;
 

@@ -15,6 +15,8 @@
 
 namespace diffseg {
 
+struct Mask;  // image.hpp
+
 inline constexpr int kSchemaVersion = 2;
 inline constexpr const char* kManifestFile = "manifest.json";
 
@@ -85,6 +87,22 @@ struct Rules {
     double check_threshold(double value) const;                              // in the threshold range
 };
 
+// How a support set larger than its budget is reduced before the query graph reads it (the
+// manifest's `support_selection`; runtime/support_selection.py says what each rule keeps). The
+// kept tokens equal the Python runtime's, index for index.
+struct SupportSelection {
+    std::string rule = "all";  // "all", "uniform", "stratified" or "foreground"
+    int budget_shots = 1;
+    uint64_t seed = 0;
+    double foreground_share = 0.5;
+
+    bool reduces(size_t shots) const { return rule != "all" && shots > static_cast<size_t>(budget_shots); }
+    // The kept tokens of one layer of an h x w grid: flat indices s * h * w + t, ascending; every
+    // token when the bank is not reduced. `masks`: the shots' masks, non-zero = foreground.
+    std::vector<int64_t> indices(const std::vector<const Mask*>& masks, int h, int w) const;
+    std::string describe() const;  // as a saved bank records it
+};
+
 struct Readout {
     std::string mode;     // "relative" or "absolute"
     double threshold = 0; // the default, fed as the query graph's `threshold` input
@@ -113,8 +131,9 @@ struct Manifest {
     Rules rules;
     // DiffewS
     Readout readout;
-    int max_shots = 0;
+    int max_shots = 0;  // the largest support set the support encoder is asked to encode
     std::vector<FusedLayer> layers;
+    SupportSelection selection;
     // SLiMe
     std::vector<std::string> class_names;
     Patching patching;

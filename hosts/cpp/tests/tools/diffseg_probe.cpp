@@ -5,7 +5,10 @@
 //   diffseg-probe mask IN OUT.png               # read_mask: grey 0 / 1
 //   diffseg-probe resize-bilinear IN H W OUT.png
 //   diffseg-probe resize-nearest IN H W OUT.png # IN's first channel as a label map
+//   diffseg-probe select RULE BUDGET SEED SIDE MASK... # the kept token indices, one per line
 #include <iostream>
+
+#include "diffseg/manifest.hpp"
 
 #include "cli.hpp"
 #include "diffseg/image.hpp"
@@ -32,6 +35,14 @@ int main(int argc, char** argv) {
             Mask labels(image.height, image.width);
             for (size_t i = 0; i < labels.values.size(); ++i) labels.values[i] = image.pixels[i * 3];
             write_png(args[4], resize_nearest(labels, std::stoi(args[2]), std::stoi(args[3])), true);
+        } else if (what == "select" && args.size() >= 6) {
+            SupportSelection selection{args[1], std::stoi(args[2]), std::stoull(args[3])};
+            std::vector<Mask> masks;
+            for (size_t i = 5; i < args.size(); ++i) masks.push_back(read_mask(args[i]));
+            std::vector<const Mask*> shots;
+            for (const auto& mask : masks) shots.push_back(&mask);
+            const int side = std::stoi(args[4]);
+            for (int64_t index : selection.indices(shots, side, side)) std::cout << index << "\n";
         } else {
             return cli::fail(cli::kUsage, "unknown probe " + what);
         }
