@@ -35,6 +35,7 @@ from runtime.backends import BACKENDS
 from runtime.cli import refuse_to_overwrite, reporting_errors
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
+from runtime.images import load_mask
 from runtime.support_selection import RULES, SupportSelection
 from segdata.episodes import EpisodeSampler
 from segdata.samples import episode_at_size
@@ -53,18 +54,24 @@ def row_name(rule: str, shots: int, budget: int) -> str:
     return f"{shots}:{'any' if shots <= budget else rule}"
 
 
+def encode_shots(segmenter: FewShotSegmenter, episode) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """An episode's supports -> (each shot's full bank, each shot's (H, W) 0/1 mask as the runtime reads it)."""
+    shots = [segmenter.encode_shot(im, m) for im, m in zip(episode.support_images, episode.support_masks)]
+    return shots, [load_mask(m, "support mask") for m in episode.support_masks]
+
+
 def measure_masks(segmenter: FewShotSegmenter, args: argparse.Namespace) -> tuple[list[int], dict[str, np.ndarray]]:
     """Per episode its class, and per row (shots, rule) the (E, 2) foreground intersection and union."""
     grids = segmenter.manifest.diffews.bank_grids
     classes, counts = [], {}
     episodes = held_out(segmenter.manifest.resolution, max(args.shots), args.episodes, args.fold, args.seed, args.pool)
     for episode in tqdm(episodes, total=args.episodes, desc="episodes", unit="ep"):
-        shots = [segmenter.encode_shot(im, m) for im, m in zip(episode.support_images, episode.support_masks)]
+        shots, shot_masks = encode_shots(segmenter, episode)
         truth = episode.query_mask.astype(bool)
         classes.append(episode.category)
         for k in args.shots:
-            bank = {n: np.concatenate([s[0][n] for s in shots[:k]]) for n in segmenter.bank_names}
-            masks = [s[1] for s in shots[:k]]
+            bank = {n: np.concatenate([s[n] for s in shots[:k]]) for n in segmenter.bank_names}
+            masks = shot_masks[:k]
             for rule in args.rules:
                 name = row_name(rule, k, args.budget)
                 if name in counts and len(counts[name]) == len(classes):
@@ -123,14 +130,14 @@ def summarise(classes: list[int], counts: dict[str, np.ndarray], pairs, resample
 def measure_latency(segmenter: FewShotSegmenter, args: argparse.Namespace) -> dict:
     """Per shot count and rule: the query's segment() time on a bank of that many shots (reduced or not)."""
     (episode,) = held_out(segmenter.manifest.resolution, max(args.shots), 1, args.fold, args.seed + 1, args.pool)
-    shots = [segmenter.encode_shot(im, m) for im, m in zip(episode.support_images, episode.support_masks)]
+    shots, shot_masks = encode_shots(segmenter, episode)
     grids = segmenter.manifest.diffews.bank_grids
     banks = {}
     for k in args.shots:
-        bank = {n: np.concatenate([s[0][n] for s in shots[:k]]) for n in segmenter.bank_names}
+        bank = {n: np.concatenate([s[n] for s in shots[:k]]) for n in segmenter.bank_names}
         for rule in args.rules:
             name = row_name(rule, k, args.budget)
-            reduced = SupportSelection(rule, args.budget).reduce(bank, [s[1] for s in shots[:k]], grids)
+            reduced = SupportSelection(rule, args.budget).reduce(bank, shot_masks[:k], grids)
             banks.setdefault(name, segmenter.make_bank(reduced))
     times = {name: [] for name in banks}
     for _ in range(args.latency_rounds):
@@ -144,16 +151,35 @@ def measure_latency(segmenter: FewShotSegmenter, args: argparse.Namespace) -> di
 
 
 def markdown(result: dict) -> str:
-    shots, rules, budget = result["shots"], result["rules"], result["budget"]
-    rows, latency = result["accuracy"]["rows"], result["latency"]
+    shots, rules, budget, latency = result["shots"], result["rules"], result["budget"], result["latency"]
     lines = [
         f"# Support selection: {result['episodes']} paired held-out episodes, budget {budget} shots",
         "",
         f"`{result['command']}`",
         "",
-        f"Engines {result['engines']} ({result['backend']}); {result['cpu']}, {result['cores']} cores. mIoU x 100 "
-        "(HSNet), 95 % bootstrap interval over episodes in brackets; the k-shot row uses the first k supports "
-        "of the same episodes.",
+        f"Engines {result['engines']} ({result['backend']}); {result['cpu']}, {result['cores']} cores.",
+    ]
+    if result["accuracy"] is not None:
+        lines += accuracy_lines(result)
+    lines += ["", "Query latency (ms; p50 / p90 / max over the calls, the bank's shots in brackets):", ""]
+    lines += ["| shots | " + " | ".join(rules) + " |", "| --- | " + " | ".join("---" for _ in rules) + " |"]
+    for k in shots:
+        cells = []
+        for rule in rules:
+            t = latency[row_name(rule, k, budget)]
+            cells.append(f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f} / {t['max_ms']:.1f} ({t['bank_shots']})")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_lines(result: dict) -> list[str]:
+    """The mIoU table (shots x rules) and the paired differences."""
+    shots, rules, budget = result["shots"], result["rules"], result["budget"]
+    rows = result["accuracy"]["rows"]
+    lines = [
+        "",
+        "mIoU x 100 (HSNet), 95 % bootstrap interval over episodes in brackets; the k-shot row uses the first "
+        "k supports of the same episodes.",
         "",
         "| shots | " + " | ".join(rules) + " |",
         "| --- | " + " | ".join("---" for _ in rules) + " |",
@@ -168,15 +194,7 @@ def markdown(result: dict) -> str:
     lines += ["| difference | mean | 95 % interval |", "| --- | --- | --- |"]
     for key, d in result["accuracy"]["differences"].items():
         lines.append(f"| {key} | {d['mean']:+.2f} | [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |")
-    lines += ["", "Query latency (ms; p50 / p90 / max over the calls, the bank's shots in brackets):", ""]
-    lines += ["| shots | " + " | ".join(rules) + " |", "| --- | " + " | ".join("---" for _ in rules) + " |"]
-    for k in shots:
-        cells = []
-        for rule in rules:
-            t = latency[row_name(rule, k, budget)]
-            cells.append(f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f} / {t['max_ms']:.1f} ({t['bank_shots']})")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,6 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--latency-calls", type=int, default=5)
+    parser.add_argument(
+        "--latency-only", action="store_true", help="skip the accuracy episodes (random-weight engines at SD 2.1 size)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     return parser.parse_args(argv)
@@ -212,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(--max-shots): this benchmark applies each rule itself"
             )
         started = time.time()
-        classes, counts = measure_masks(segmenter, args)
+        classes, counts = ([], {}) if args.latency_only else measure_masks(segmenter, args)
         result = {
             "command": "python -m benchmarks.support_selection " + " ".join(sys.argv[1:]),
             "engines": str(args.engines),
@@ -224,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             "shots": args.shots,
             "rules": args.rules,
             "budget": args.budget,
-            "accuracy": summarise(
+            "accuracy": None
+            if args.latency_only
+            else summarise(
                 classes, counts, comparisons(args.shots, args.rules, args.budget), args.bootstrap, args.seed
             ),
             "latency": measure_latency(segmenter, args),

@@ -134,8 +134,12 @@ class FewShotSegmenter:
                 f"{images} support shots; these engines take {low} to {high} (rebuild with a larger --max-shots)"
             )
 
-    def encode_shot(self, image: ImageLike, mask: ImageLike) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """One support shot -> (its bank: name -> (1, N_l, C_l) float32, its (H, W) 0/1 mask)."""
+    def encode_shot(self, image: ImageLike, mask: ImageLike) -> dict[str, np.ndarray]:
+        """One support shot -> its bank: name -> (1, N_l, C_l) float32 (every token, never reduced)."""
+        return self._encode_shot(image, mask)[0]
+
+    def _encode_shot(self, image: ImageLike, mask: ImageLike) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """One support shot -> (its bank, its (H, W) 0/1 mask as read; the selection rules read the mask)."""
         image, mask = load_image(image, "support image"), load_mask(mask, "support mask")
         check_pair(image, mask, "support")
         self.check_image(image, "support")
@@ -159,7 +163,7 @@ class FewShotSegmenter:
         shots, shot_masks = [], []
         for i, (image, mask) in enumerate(zip(images, masks)):
             try:
-                bank, mask = self.encode_shot(image, mask)
+                bank, mask = self._encode_shot(image, mask)
             except ValueError as err:
                 raise ValueError(f"support shot {i}: {err}") from err
             shots.append(bank)

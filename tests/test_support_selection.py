@@ -167,14 +167,16 @@ def test_engines_record_the_rule_and_bound_the_query_graph(selected_engines):
 
 def test_the_runtime_reduces_five_shots_to_the_rules_tokens(selected_engines, episodes):
     from runtime.fewshot import FewShotSegmenter
+    from runtime.images import load_mask
 
     segmenter = FewShotSegmenter.from_dir(selected_engines[1], backend="onnxruntime")
     images, shot_masks, query = five_shots(episodes)
     bank = segmenter.encode_support(images, shot_masks)
     assert bank.shots == 5 and bank.bank_shots == 2
     whole = [segmenter.encode_shot(im, m) for im, m in zip(images, shot_masks)]
-    full = {n: np.concatenate([w[0][n] for w in whole]) for n in segmenter.bank_names}
-    expected = segmenter.selection.reduce(full, [w[1] for w in whole], segmenter.manifest.diffews.bank_grids)
+    full = {n: np.concatenate([w[n] for w in whole]) for n in segmenter.bank_names}
+    read_masks = [load_mask(m) for m in shot_masks]
+    expected = segmenter.selection.reduce(full, read_masks, segmenter.manifest.diffews.bank_grids)
     assert all(np.array_equal(bank.arrays[n], expected[n]) for n in segmenter.bank_names)
     two = segmenter.encode_support(images[:2], shot_masks[:2])  # within the budget: every token
     assert two.bank_shots == 2 and np.array_equal(two.arrays["key_00"], full["key_00"][:2])
