@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         segmenter = FewShotSegmenter.from_dir(args.engines, threads=args.threads, backend=args.backend)
         folder = source_folder(segmenter.manifest.model, args.model)  # ModelFolderError: one line, exit 3
-        reference = TorchFewShotSegmenter.from_folder(folder)  # fp32, the VAE read-out: the method's own pipeline
+        # fp32, the VAE read-out: the method's own pipeline, keeping the support tokens the engines keep
+        reference = TorchFewShotSegmenter.from_folder(folder, selection=segmenter.selection)
         fold = int(read_config(folder).get("data", {}).get("fold", 0))
         r = reference.model.resolution
         rows = []

@@ -27,9 +27,9 @@ from PIL import Image
 
 from benchmarks.cpp_host import build_cpp_host
 from benchmarks.machine import cpu_features, cpu_name, percentiles
+from benchmarks.report import write_report
 from runtime.cli import refuse_to_overwrite, reporting_errors
 from runtime.fewshot import FewShotSegmenter
-from runtime.files import write_text
 from runtime.images import load_image
 from runtime.parts import PartSegmenter
 from segdata.samples import episode_at_sizes, held_out_episodes
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     refuse_to_overwrite([args.out / "cpp_latency.json", args.out / "cpp_latency.md"], args.overwrite)
     with reporting_errors(), tempfile.TemporaryDirectory() as work:
         result = measure(args, Path(work))
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_text(args.out / "cpp_latency.json", json.dumps(result, indent=1))
-        write_text(args.out / "cpp_latency.md", markdown(result))
+        write_report(args.out, "cpp_latency", result, markdown(result))
         print(markdown(result))
     return 0
 

@@ -13,7 +13,6 @@ and `repeatability.md`, with the CPU's model name (bf16 and AMX behave different
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import cpu_name
+from benchmarks.report import write_report
 from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
-from runtime.files import write_text
 from runtime.manifest import Manifest
 from runtime.openvino_graph import openvino_config
 from runtime.sections import QUERY_SEGMENTER
@@ -123,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(args.engines, args.precision, sizes, args.runs, args.threads)
         print(markdown(result))
         if args.out is not None:
-            write_text(args.out / "repeatability.json", json.dumps(result, indent=1), overwrite=args.overwrite)
-            write_text(args.out / "repeatability.md", markdown(result), overwrite=args.overwrite)
+            write_report(args.out, "repeatability", result, markdown(result), overwrite=args.overwrite)
         return 0
 
 

@@ -21,20 +21,20 @@ benchmark: nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from benchmarks.machine import cpu_features, cpu_name, percentiles
+from benchmarks.report import write_report
 from runtime.backends import BACKENDS
 from runtime.cli import refuse_to_overwrite, reporting_errors
 from runtime.fewshot import FewShotSegmenter
-from runtime.files import write_text
 from runtime.images import load_mask
 from runtime.support_selection import RULES, SupportSelection
 from segdata.episodes import EpisodeSampler
@@ -151,9 +151,14 @@ def measure_latency(segmenter: FewShotSegmenter, args: argparse.Namespace) -> di
 
 
 def markdown(result: dict) -> str:
-    shots, rules, budget, latency = result["shots"], result["rules"], result["budget"], result["latency"]
+    latency = result["latency"]
+
+    def timing(name: str) -> str:
+        t = latency[name]
+        return f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f} / {t['max_ms']:.1f} ({t['bank_shots']})"
+
     lines = [
-        f"# Support selection: {result['episodes']} paired held-out episodes, budget {budget} shots",
+        f"# Support selection: {result['episodes']} paired held-out episodes, budget {result['budget']} shots",
         "",
         f"`{result['command']}`",
         "",
@@ -162,34 +167,35 @@ def markdown(result: dict) -> str:
     if result["accuracy"] is not None:
         lines += accuracy_lines(result)
     lines += ["", "Query latency (ms; p50 / p90 / max over the calls, the bank's shots in brackets):", ""]
-    lines += ["| shots | " + " | ".join(rules) + " |", "| --- | " + " | ".join("---" for _ in rules) + " |"]
-    for k in shots:
-        cells = []
-        for rule in rules:
-            t = latency[row_name(rule, k, budget)]
-            cells.append(f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f} / {t['max_ms']:.1f} ({t['bank_shots']})")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += shots_by_rules(result, timing)
     return "\n".join(lines) + "\n"
+
+
+def shots_by_rules(result: dict, cell: Callable[[str], str]) -> list[str]:
+    """A Markdown table, a row per shot count and a column per rule; `cell(row name)` fills it."""
+    rules = result["rules"]
+    lines = ["| shots | " + " | ".join(rules) + " |", "| --- | " + " | ".join("---" for _ in rules) + " |"]
+    for k in result["shots"]:
+        cells = [cell(row_name(rule, k, result["budget"])) for rule in rules]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def accuracy_lines(result: dict) -> list[str]:
     """The mIoU table (shots x rules) and the paired differences."""
-    shots, rules, budget = result["shots"], result["rules"], result["budget"]
     rows = result["accuracy"]["rows"]
+
+    def miou(name: str) -> str:
+        low, high = rows[name]["ci95"]
+        return f"{rows[name]['miou']:.1f} [{low:.1f}, {high:.1f}]"
+
     lines = [
         "",
         "mIoU x 100 (HSNet), 95 % bootstrap interval over episodes in brackets; the k-shot row uses the first "
         "k supports of the same episodes.",
         "",
-        "| shots | " + " | ".join(rules) + " |",
-        "| --- | " + " | ".join("---" for _ in rules) + " |",
     ]
-    for k in shots:
-        cells = []
-        for rule in rules:
-            r = rows[row_name(rule, k, budget)]
-            cells.append(f"{r['miou']:.1f} [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]")
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += shots_by_rules(result, miou)
     lines += ["", "Paired differences (mIoU points; rows named shots:rule, `any` where no rule applies):", ""]
     lines += ["| difference | mean | 95 % interval |", "| --- | --- | --- |"]
     for key, d in result["accuracy"]["differences"].items():
@@ -253,9 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency": measure_latency(segmenter, args),
             "seconds": round(time.time() - started, 1),
         }
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_text(args.out / "support_selection.json", json.dumps(result, indent=1))
-        write_text(args.out / "support_selection.md", markdown(result))
+        write_report(args.out, "support_selection", result, markdown(result))
         print(markdown(result))
     return 0
 

@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="export this architecture with random weights instead of --model (size and speed checks)",
     )
-    diffews.add_argument("--max-shots", type=int, default=None, help="largest support set taken (5)")
+    diffews.add_argument("--max-shots", type=int, default=None, help="largest support set taken (10)")
     diffews.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's own)")
     diffews.add_argument(
         "--readout",

@@ -52,7 +52,7 @@ def build_diffews(
     *,
     model: str | os.PathLike | None = None,
     random_arch: str | None = None,
-    max_shots: int = 5,
+    max_shots: int = 10,
     resolution: int | None = None,
     min_side: int = 32,
     max_side: int = 4096,
@@ -119,7 +119,9 @@ def build_diffews(
         max_side=max_side,
         precision=precision,
     )
-    samples = held_out_episodes(diffews.resolution, min(2, max_shots), parity_episodes, fold=source["fold"])
+    # the parity runs feed the query graph whole banks: at most the shots it takes
+    parity_shots = min(2, support_selection.bank_shots(max_shots))
+    samples = held_out_episodes(diffews.resolution, parity_shots, parity_episodes, fold=source["fold"])
     with engine_directory(out, overwrite) as work:
         graphs = _export(diffews, readout, specs, samples, work, log, precision, optimize, tensorrt)
         rows = _parity(diffews, readout, specs, samples, graphs, threads, log)

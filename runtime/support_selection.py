@@ -40,7 +40,7 @@ import numpy as np
 
 RULES = ("all", "uniform", "stratified", "foreground")
 # The rule new engines get (`python -m benchmarks.support_selection` measured them; docs/diffews.md).
-DEFAULT_RULE = "all"
+DEFAULT_RULE = "stratified"
 _MASK64 = (1 << 64) - 1
 
 

@@ -167,7 +167,7 @@ def runtime_demo(out: Path) -> None:
     print("5. export (python -m export.build_engine) and the torch-free runtime (python -m runtime.segment)")
     t = time.perf_counter()
     engines = out / "engines"
-    build = [sys.executable, "-m", "export.build_engine", "--out", str(engines), "--max-shots", "5", "--overwrite"]
+    build = [sys.executable, "-m", "export.build_engine", "--out", str(engines), "--overwrite"]
     subprocess.run(build, check=True)
     print(f"   engines built in {time.perf_counter() - t:.1f} s")
     from modeling.predictor import TorchFewShotSegmenter
@@ -175,7 +175,9 @@ def runtime_demo(out: Path) -> None:
     from segdata.metrics import mask_iou
 
     manifest = Manifest.read(engines)
-    torch_model = TorchFewShotSegmenter.from_folder(manifest.model["source"], manifest.diffews.readout.decoder)
+    torch_model = TorchFewShotSegmenter.from_folder(
+        manifest.model["source"], manifest.diffews.readout.decoder, selection=manifest.diffews.selection
+    )
     for folder in sorted(EXAMPLES.iterdir()):
         supports = sorted(folder.glob("support_?.png"))
         queries = sorted(folder.glob("query_?.png"))

@@ -34,7 +34,11 @@ TINY_MAX_SHOTS = 3
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
-    """(model folder, engine directory) of a tiny-random DiffewS model, built once for the session."""
+    """(model folder, engine directory) of a tiny-random DiffewS model, built once for the session.
+
+    With the released code's rule "all", so its query graph takes every shot up to TINY_MAX_SHOTS
+    (the default rule would reduce 2 and 3 shots to the 1 shot this untrained model records).
+    """
     import torch
 
     from export.diffews_build import build_diffews
@@ -46,7 +50,7 @@ def built(tmp_path_factory):
     torch.manual_seed(0)
     folder = save_diffews(DiffewsModel.from_base(build_model("tiny-random")), root / "model", {"base": "tiny-random"})
     engines = root / "engines"
-    build_diffews(engines, model=folder, max_shots=TINY_MAX_SHOTS, max_side=512)
+    build_diffews(engines, model=folder, max_shots=TINY_MAX_SHOTS, max_side=512, selection="all")
     return folder, engines
 
 

@@ -154,6 +154,13 @@ def five_shots(episodes):
     return images, shot_masks, episodes[0].query_image
 
 
+def test_new_engines_reduce_by_the_measured_rule_to_the_trained_shots(shipped_engines):
+    from runtime.manifest import Manifest
+
+    # stratified: docs/diffews.md's measurements; 2: the shipped model's training.max_shots
+    assert Manifest.read(shipped_engines).diffews.selection == SupportSelection("stratified", 2)
+
+
 def test_engines_record_the_rule_and_bound_the_query_graph(selected_engines):
     from runtime.manifest import Manifest
     from runtime.sections import QUERY_SEGMENTER
