@@ -96,13 +96,15 @@ def build_diffews(
         `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
     """
     _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, readout, optimize, tensorrt)
+    SupportSelection(selection, 1 if selection_budget is None else selection_budget, selection_seed)  # before the load
     if model is not None and random_arch is not None:
         raise ValueError("give a model folder or random_arch, not both: random weights replace the model's")
     log = BuildLog()
     out = Path(out)
     check_engine_output(out, overwrite)  # before the slow load
     diffews, source = _load(Path(model if model is not None else DEFAULT_MODEL), random_arch)
-    support_selection = SupportSelection(selection, selection_budget or source["trained_shots"], selection_seed)
+    budget = source["trained_shots"] if selection_budget is None else selection_budget
+    support_selection = SupportSelection(selection, budget, selection_seed)
     if resolution:
         diffews.resolution = resolution
     readout = choose_readout(readout, diffews)
@@ -167,7 +169,7 @@ def _load(model: Path, random_arch: str | None) -> tuple[DiffewsModel, dict]:
     diffews = load_diffews(model, attention="matmul")
     source = {"source": str(model), "hash": model_hash(model), "base": config.get("base")}
     fold = int(config.get("data", {}).get("fold", 0))
-    trained_shots = int(config.get("training", {}).get("max_shots", 1))  # imported releases record none
+    trained_shots = int((config.get("training") or {}).get("max_shots") or 1)  # imported releases record none
     return diffews, {**source, "fold": fold, "trained_shots": trained_shots}
 
 

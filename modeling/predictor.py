@@ -61,9 +61,13 @@ class TorchFewShotSegmenter:
         if readout != "vae" and getattr(model, readout) is None:
             raise ValueError(f"this model has no {readout}; train one with python -m train.mask_decoder")
         self.model, self.readout, self.max_shots = model.eval(), readout, max_shots
+        if selection is not None and not isinstance(selection, SupportSelection):
+            raise TypeError(
+                f"selection must be a runtime.support_selection.SupportSelection (e.g. SupportSelection('stratified', "
+                f"budget_shots=2)), got {type(selection).__name__}"
+            )
         self.selection = selection or SupportSelection()
-        self._bank: KVBank | None = None
-        self._shots = 0
+        self._support: tuple[KVBank, int] | None = None  # (bank, shots set): replaced whole, never changed
         self._lock = threading.Lock()
 
     @classmethod
@@ -80,9 +84,16 @@ class TorchFewShotSegmenter:
         return cls(load_diffews(folder), readout, max_shots, selection)
 
     @property
+    def bank(self) -> KVBank | None:
+        """The support set's bank (reduced as `selection` says), None without a support set."""
+        support = self._support
+        return None if support is None else support[0]
+
+    @property
     def shots(self) -> int:
         """The support shots set (before any selection), 0 without a support set."""
-        return self._shots
+        support = self._support
+        return 0 if support is None else support[1]
 
     def set_support(self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike) -> None:
         """Encodes the support shots (image i with mask i; shots may differ in size) into the bank every query uses."""
@@ -102,13 +113,14 @@ class TorchFewShotSegmenter:
         with self._lock, torch.no_grad():
             banks = [self.model.bank_from_pixels(image[None, None], mask[None, None]) for image, mask in shots]
         bank = KVBank.concat(banks).select(self.selection, [[mask for _, mask in shots]])
-        self._bank, self._shots = bank, len(shots)  # one assignment: a concurrent segment sees the old or the new
+        self._support = (bank, len(shots))  # one assignment: a concurrent segment sees the old or the new
 
     def segment(self, query: ImageLike, threshold: float | None = None) -> np.ndarray:
         """The query's mask, (H, W) uint8 in {0, 1} at its own size (`threshold` as in the runtime)."""
-        bank = self._bank
-        if bank is None:
+        support = self._support
+        if support is None:
             raise RuntimeError("no support set: call set_support(images, masks) first")
+        bank = support[0]
         image = load_image(query, "query")
         cut = None
         if threshold is not None:  # the model's mode at another level, for this call only

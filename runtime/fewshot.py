@@ -33,6 +33,8 @@ class SupportBank:
             the support set was larger (`runtime.support_selection`).
         resident: the same tensors where the query graph reads them (`Graph.upload`).
         shots: S, the support shots encoded.
+        selection: how its tokens were kept: "all", or the rule that reduced them
+            (`SupportSelection.describe`); a saved bank records it.
         host_bytes: the host memory it holds: the arrays, plus the backend's copy where it makes one.
         owner: the `FewShotSegmenter` that made it (only its own banks are used by `segment`).
     """
@@ -41,6 +43,7 @@ class SupportBank:
     resident: dict
     shots: int
     host_bytes: int = 0
+    selection: str = "all"
     owner: object = field(default=None, compare=False, repr=False)
 
     @property
@@ -169,9 +172,10 @@ class FewShotSegmenter:
             shots.append(bank)
             shot_masks.append(mask)
         bank = {name: np.concatenate([s[name] for s in shots], axis=0) for name in self.bank_names}
-        if self.selection.reduces(len(shots)):
-            bank = self.selection.reduce(bank, shot_masks, self.manifest.diffews.bank_grids)
-        return self.make_bank(bank, shots=len(shots))
+        if not self.selection.reduces(len(shots)):
+            return self.make_bank(bank, shots=len(shots))
+        bank = self.selection.reduce(bank, shot_masks, self.manifest.diffews.bank_grids)
+        return self.make_bank(bank, shots=len(shots), selection=self.selection.describe())
 
     def set_support(self, images: Sequence[ImageLike] | ImageLike, masks: Sequence[ImageLike] | ImageLike) -> None:
         """Encodes n support shots (`encode_support`) and caches their bank for every later `segment`."""
@@ -202,11 +206,12 @@ class FewShotSegmenter:
                 raise ValueError(f"bank tensor {name!r} has NaN or infinite values: it is damaged; recompute it")
         return shots[self.bank_names[0]]
 
-    def make_bank(self, bank: dict[str, np.ndarray], shots: int | None = None) -> SupportBank:
+    def make_bank(self, bank: dict[str, np.ndarray], shots: int | None = None, selection: str = "all") -> SupportBank:
         """Checks `bank` (name -> (B, N_l, C_l) float32) and uploads it once to where the query graph reads it.
 
         Args:
             shots: the support shots it was encoded from (default: B, a bank that was not reduced).
+            selection: how its tokens were kept ("all": every token; else the reducing rule's description).
         """
         bank_shots = self.check_bank(bank)
         arrays = {}
@@ -216,7 +221,8 @@ class FewShotSegmenter:
             arrays[name] = array
         resident = self.query_segmenter.upload(arrays)
         host_bytes = sum(a.nbytes for a in arrays.values()) + self.query_segmenter.resident_host_bytes(resident)
-        return SupportBank(arrays, resident, bank_shots if shots is None else shots, host_bytes, owner=self)
+        shots = bank_shots if shots is None else shots
+        return SupportBank(arrays, resident, shots, host_bytes, selection, owner=self)
 
     @property
     def bank(self) -> dict[str, np.ndarray]:
@@ -236,7 +242,7 @@ class FewShotSegmenter:
         when `path` exists without `overwrite`, is a folder, or cannot be written.
         """
         support = self._require_support()
-        meta = {"backend": self.backend, "support_shots": support.shots, "selection": self.selection.describe()}
+        meta = {"backend": self.backend, "support_shots": support.shots, "selection": support.selection}
         return write_bank_file(path, support.arrays, self.manifest.model["hash"], overwrite, meta)
 
     def read_support(self, path: str | os.PathLike) -> SupportBank:
@@ -244,7 +250,8 @@ class FewShotSegmenter:
         arrays, meta = read_bank_file(path, self.manifest.model["hash"])
         try:
             shots = int(meta["support_shots"]) if meta.get("support_shots", "").isdigit() else None
-            return self.make_bank({n: arrays[n] for n in self.bank_names if n in arrays}, shots=shots)
+            selection = meta.get("selection") or "all"  # the file's own record, not these engines' rule
+            return self.make_bank({n: arrays[n] for n in self.bank_names if n in arrays}, shots, selection)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
 

@@ -9,9 +9,9 @@ in shots, and laid out as a (K, N_l, C_l) bank that the query graph reads as it 
 (it concatenates a bank's shots along the token axis, so which shot a token sits in does not
 matter). A bank of at most K shots is left as it is.
 
-    selection = SupportSelection("foreground", budget_shots=2)
-    keep = selection.indices(masks, grid=16)          # (K * 256,) flat indices into S * 256 tokens
-    reduced = selection.reduce(bank, masks, layers)   # name -> (K, N_l, C_l)
+    selection = SupportSelection("stratified", budget_shots=2)
+    keep = selection.indices(masks, (16, 16))         # (K * 256,) flat indices into S * 256 tokens
+    reduced = selection.reduce(bank, masks, grids)    # grids: name -> (h, w); -> name -> (K, N_l, C_l)
 
 Rules (`RULES`), each a deterministic function of the shots' masks and the rule's settings, so
 that the PyTorch model, the Python runtime, the C++ host and the server keep the same tokens:
@@ -67,8 +67,8 @@ class SupportSelection:
             raise ValueError(f"the selection budget must be a positive number of shots, got {self.budget_shots!r}")
         if not 0.0 <= self.foreground_share <= 1.0:
             raise ValueError(f"foreground_share must lie in [0, 1], got {self.foreground_share}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"the selection seed must lie in [0, 2**63), got {self.seed}")
+        if not 0 <= self.seed < 2**32:  # the uniform rule shifts it by 32 bits: larger seeds would repeat smaller ones
+            raise ValueError(f"the selection seed must lie in [0, 2**32), got {self.seed}")
 
     def reduces(self, shots: int) -> bool:
         """Does a bank of `shots` shots get reduced?"""

@@ -97,6 +97,10 @@ def test_build_functions_refuse_contradictory_or_out_of_range_arguments(tmp_path
         build_diffews(out, max_shots=0)
     with pytest.raises(ValueError, match="readout must be auto or one of vae, mask_head, mask_decoder"):
         build_diffews(out, readout="fast")
+    with pytest.raises(ValueError, match="selection budget must be a positive number of shots, got 0"):
+        build_diffews(out, selection_budget=0)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        build_diffews(out, selection="random")
     with pytest.raises(ValueError, match="1 to 3 samples"):
         build_slime(out, embedding=tmp_path / "e.safetensors", parity_images=4)
     with pytest.raises(ValueError, match="TensorRT cannot parse"):

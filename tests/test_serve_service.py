@@ -87,10 +87,11 @@ def test_bank_store_round_trip_and_damaged_files(tmp_path):
     arrays = {"key_00": np.arange(12, dtype=np.float32).reshape(1, 3, 4)}
     path = store.write("1" * 64, arrays, {"backend": "onnxruntime"})
     assert path.parent.parent == tmp_path / "store" and not list(path.parent.glob(".*.tmp"))
-    assert np.array_equal(store.read("1" * 64)["key_00"], arrays["key_00"])
+    stored, meta = store.read("1" * 64)
+    assert np.array_equal(stored["key_00"], arrays["key_00"]) and meta["backend"] == "onnxruntime"
     mtime = path.stat().st_mtime_ns
     store.write("1" * 64, {"key_00": np.zeros((1, 3, 4), np.float32)}, {})  # content-addressed: kept as it is
-    assert path.stat().st_mtime_ns == mtime and store.read("1" * 64)["key_00"][0, 0, 1] == 1
+    assert path.stat().st_mtime_ns == mtime and store.read("1" * 64)[0]["key_00"][0, 0, 1] == 1
     assert store.read("2" * 64) is None
     other = BankStore(tmp_path / "store", "cd" * 32)  # another model's store, the same folder
     os.link(path, other.path("1" * 64))

@@ -119,6 +119,7 @@ def test_reduce_lays_the_kept_tokens_out_as_budget_shots():
         ({"rule": "random"}, "rule must be one of"),
         ({"budget_shots": 0}, "positive number of shots"),
         ({"foreground_share": 1.5}, r"foreground_share must lie in \[0, 1\]"),
+        ({"seed": 2**32}, r"seed must lie in \[0, 2\*\*32\)"),
     ],
 )
 def test_bad_settings_are_refused(settings, message):
@@ -204,14 +205,14 @@ def test_pytorch_keeps_the_same_tokens_and_gives_the_runtimes_mask(selected_engi
     torch_seg.set_support(images, shot_masks)
     assert torch_seg.shots == runtime.shots == 5
     for name, key in zip(torch_seg.model.fusion.layer_names, runtime.bank_names):  # the keys, layer by layer
-        got = torch_seg._bank.keys[name].numpy().reshape(runtime.bank[key].shape)
+        got = torch_seg.bank.keys[name].numpy().reshape(runtime.bank[key].shape)
         want = runtime.bank[key]
         assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(want)  # the export's parity tolerance
     assert mask_iou(runtime.segment(query), torch_seg.segment(query)) >= 0.98
 
 
 def test_a_saved_bank_records_its_reduction_and_loads_whole(selected_engines, episodes, tmp_path):
-    from runtime.bank_files import read_bank_file
+    from runtime.bank_files import read_bank_file, write_bank_file
     from runtime.fewshot import FewShotSegmenter
 
     segmenter = FewShotSegmenter.from_dir(selected_engines[1], backend="onnxruntime")
@@ -221,5 +222,36 @@ def test_a_saved_bank_records_its_reduction_and_loads_whole(selected_engines, ep
     _, meta = read_bank_file(path, segmenter.manifest.model["hash"])
     assert meta["support_shots"] == "5" and meta["selection"] == "foreground, budget 2 shots, foreground share 0.5"
     loaded = segmenter.read_support(path)
-    assert loaded.shots == 5 and loaded.bank_shots == 2
+    assert loaded.shots == 5 and loaded.bank_shots == 2 and loaded.selection == meta["selection"]
     assert np.array_equal(segmenter.segment(query, support=loaded), segmenter.segment(query))
+    # A bank within the budget keeps every token and says so, whatever the engines' rule.
+    segmenter.set_support(images[:2], shot_masks[:2])
+    _, meta = read_bank_file(segmenter.save_support(tmp_path / "two.npz"), segmenter.manifest.model["hash"])
+    assert meta["support_shots"] == "2" and meta["selection"] == "all"
+    # A loaded bank is saved again with its own record, not the engines' rule.
+    other = {"support_shots": "7", "selection": "uniform, budget 2 shots, seed 3"}
+    write_bank_file(tmp_path / "other.npz", loaded.arrays, segmenter.manifest.model["hash"], meta=other)
+    segmenter.load_support(tmp_path / "other.npz")
+    _, meta = read_bank_file(segmenter.save_support(tmp_path / "again.npz"), segmenter.manifest.model["hash"])
+    assert meta["support_shots"] == "7" and meta["selection"] == other["selection"]
+
+
+def test_the_server_keeps_the_runtimes_tokens_and_its_store_the_reduction(selected_engines, episodes, tmp_path):
+    """register_support reduces as set_support does; a replica reading the bank store gets the same bank and record."""
+    from runtime.fewshot import FewShotSegmenter
+    from runtime.serve.bank_cache import BankCache
+    from runtime.serve.bank_store import BankStore
+    from runtime.serve.service import FewShotService
+
+    segmenter = FewShotSegmenter.from_dir(selected_engines[1], backend="onnxruntime")
+    images, shot_masks, query = five_shots(episodes)
+    expected = segmenter.encode_support(images, shot_masks)
+    model_hash = segmenter.manifest.model["hash"]
+    first = FewShotService(segmenter, BankCache(2**30), BankStore(tmp_path, model_hash))
+    key = first.register(images, shot_masks)
+    second = FewShotService(segmenter, BankCache(2**30), BankStore(tmp_path, model_hash))
+    stored = second.support(key)
+    assert second.counts["store_reads"] == 1
+    assert (stored.shots, stored.bank_shots, stored.selection) == (5, 2, expected.selection)
+    assert all(np.array_equal(stored.arrays[n], expected.arrays[n]) for n in segmenter.bank_names)
+    assert np.array_equal(second.segment(key, query), segmenter.segment(query, support=expected))

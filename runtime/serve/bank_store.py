@@ -49,8 +49,8 @@ class BankStore:
             return path
         return write_bank_file(path, arrays, self.model_hash, overwrite=True, meta={**meta, "support_id": support_id})
 
-    def read(self, support_id: str) -> dict[str, np.ndarray] | None:
-        """The bank's tensors, or None when the store does not hold the id.
+    def read(self, support_id: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+        """(the bank's tensors, its text tags: support_shots, selection, ...), or None when the store does not hold the id.
 
         Raises ValueError when the file is there but damaged or not this model's.
         """
@@ -60,4 +60,4 @@ class BankStore:
         arrays, meta = read_bank_file(path, self.model_hash)
         if meta.get("support_id", support_id) != support_id:
             raise ValueError(f"{path} holds the bank of support id {meta['support_id'][:12]}, not {support_id[:12]}")
-        return arrays
+        return arrays, meta

@@ -116,10 +116,12 @@ class FewShotService:
         if self.store is None:
             return None
         try:
-            arrays = self.store.read(key)
-            if arrays is None:
+            stored = self.store.read(key)
+            if stored is None:
                 return None
-            bank = self.segmenter.make_bank(arrays)
+            arrays, meta = stored
+            shots = int(meta["support_shots"]) if meta.get("support_shots", "").isdigit() else None
+            bank = self.segmenter.make_bank(arrays, shots, meta.get("selection") or "all")
         except (ValueError, OSError) as err:  # a damaged or foreign file: re-registering rewrites it
             LOG.warning("bank store: %s", err)
             self._count("store_errors")
@@ -132,7 +134,8 @@ class FewShotService:
         if self.store is None:
             return
         try:
-            self.store.write(key, bank.arrays, {"backend": self.segmenter.backend}, replace=True)
+            meta = {"backend": self.segmenter.backend, "support_shots": str(bank.shots), "selection": bank.selection}
+            self.store.write(key, bank.arrays, meta, replace=True)
         except OSError as err:  # disk full, read-only mount: this replica still serves it from memory
             LOG.warning("bank store: cannot write support %s: %s", key[:12], err)
             self._count("store_errors")

@@ -60,7 +60,7 @@ FewShotSegmenter::~FewShotSegmenter() = default;
 
 std::shared_ptr<const SupportBank> FewShotSegmenter::make_bank(std::vector<std::vector<float>> values,
                                                                std::vector<std::vector<int64_t>> shapes,
-                                                               int support_shots) const {
+                                                               int support_shots, std::string selection) const {
     const GraphSpec& query = query_segmenter_->spec();
     int shots = -1;
     std::string odd;
@@ -86,6 +86,7 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::make_bank(std::vector<std::
                                  "' has NaN or infinite values: it is damaged; recompute it");
     auto bank = std::make_shared<SupportBank>();
     bank->shots = support_shots > 0 ? support_shots : shots;
+    bank->selection = std::move(selection);
     bank->names = bank_names_;
     bank->shapes = std::move(shapes);
     bank->values = std::move(values);
@@ -126,7 +127,8 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::encode_support(const std::v
         }
     }
     const SupportSelection& selection = manifest_.selection;
-    if (selection.reduces(images.size())) {
+    const bool reduced = selection.reduces(images.size());
+    if (reduced) {
         std::vector<const Mask*> shot_masks;
         for (const auto& mask : masks) shot_masks.push_back(&mask);
         for (size_t i = 0; i < bank_names_.size(); ++i) {
@@ -143,7 +145,8 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::encode_support(const std::v
             shapes[i][0] = static_cast<int64_t>(keep.size()) / tokens;
         }
     }
-    return make_bank(std::move(values), std::move(shapes), static_cast<int>(images.size()));
+    return make_bank(std::move(values), std::move(shapes), static_cast<int>(images.size()),
+                     reduced ? selection.describe() : "all");
 }
 
 void FewShotSegmenter::set_support(const std::vector<Image>& images, const std::vector<Mask>& masks) {
@@ -175,7 +178,9 @@ std::shared_ptr<const SupportBank> FewShotSegmenter::read_support(const std::str
         const auto recorded = contents.meta.find("support_shots");
         const bool counted = recorded != contents.meta.end() && !recorded->second.empty() &&
                              recorded->second.find_first_not_of("0123456789") == std::string::npos;
-        return make_bank(std::move(values), std::move(shapes), counted ? std::stoi(recorded->second) : 0);
+        const auto how = contents.meta.find("selection");  // the file's own record, not these engines' rule
+        return make_bank(std::move(values), std::move(shapes), counted ? std::stoi(recorded->second) : 0,
+                         how != contents.meta.end() && !how->second.empty() ? how->second : "all");
     } catch (const InputError& err) {
         throw InputError(path + ": " + err.what());
     }
@@ -194,7 +199,7 @@ void FewShotSegmenter::save_support(const std::string& path, bool overwrite) con
     write_bank_file(path, tensors, manifest_.model_hash, overwrite,
                     {{"backend", backend_},
                      {"support_shots", std::to_string(bank->shots)},
-                     {"selection", manifest_.selection.describe()}});
+                     {"selection", bank->selection}});
 }
 
 int FewShotSegmenter::shots() const {

@@ -23,6 +23,8 @@ using nlohmann::json;
 namespace diffseg {
 namespace {
 
+constexpr int64_t kMaxSelectionSeed = 4294967295;  // 2**32 - 1, as manifest.schema.json says
+
 // A field the schema forbids or misformats: the message names it by its JSON path ($.rules.shots.max).
 struct SchemaProblem : std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -195,7 +197,14 @@ void read_diffews(const Field& root, Manifest& manifest) {
             throw SchemaProblem(selection.path() + ".rule: '" + manifest.selection.rule +
                                 "' is not one of ['all', 'uniform', 'stratified', 'foreground']");
         manifest.selection.budget_shots = static_cast<int>(selection["budget_shots"].integer(1));
-        if (selection.has("seed")) manifest.selection.seed = static_cast<uint64_t>(selection["seed"].integer(0));
+        if (selection.has("seed")) {
+            const Field seed = selection["seed"];
+            const int64_t value = seed.integer(0);
+            if (value > kMaxSelectionSeed)  // the uniform rule shifts it by 32 bits: larger seeds would repeat
+                throw SchemaProblem(seed.path() + ": " + std::to_string(value) + " is greater than the maximum of " +
+                                    std::to_string(kMaxSelectionSeed));
+            manifest.selection.seed = static_cast<uint64_t>(value);
+        }
         if (selection.has("foreground_share")) manifest.selection.foreground_share = selection["foreground_share"].number().value;
     }
     const Field layers = root["layers"];

@@ -34,6 +34,7 @@ struct Options {
 // An encoded support set, never changed once made (a new support set is a new bank).
 struct SupportBank {
     int shots = 0;                              // S, the support shots encoded
+    std::string selection = "all";              // how its tokens were kept: "all", or the rule that reduced it
     std::vector<std::string> names;             // key_00 ... value_{L-1}
     // per name: (B, N_l, C_l), B = S, or the selection's budget when S was larger (manifest.hpp)
     std::vector<std::vector<int64_t>> shapes;
@@ -83,7 +84,8 @@ class FewShotSegmenter {
    private:
     FewShotSegmenter(Manifest manifest, const Options& options);
     std::shared_ptr<const SupportBank> make_bank(std::vector<std::vector<float>> values,
-                                                 std::vector<std::vector<int64_t>> shapes, int shots = 0) const;
+                                                 std::vector<std::vector<int64_t>> shapes, int shots = 0,
+                                                 std::string selection = "all") const;
     std::shared_ptr<const SupportBank> cached() const;
     std::shared_ptr<const SupportBank> require_support() const;
 
