@@ -249,11 +249,15 @@ class FewShotSegmenter:
         """A bank written by `save_support` from the same model, checked whole -> a `SupportBank` (nothing cached)."""
         arrays, meta = read_bank_file(path, self.manifest.model["hash"])
         try:
-            shots = int(meta["support_shots"]) if meta.get("support_shots", "").isdigit() else None
-            selection = meta.get("selection") or "all"  # the file's own record, not these engines' rule
-            return self.make_bank({n: arrays[n] for n in self.bank_names if n in arrays}, shots, selection)
+            return self.restore_bank(arrays, meta)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
+
+    def restore_bank(self, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> SupportBank:
+        """A bank from a bank file's tensors and its tags (`support_shots`, `selection`: the file's own record)."""
+        shots = int(meta["support_shots"]) if meta.get("support_shots", "").isdigit() else None
+        selection = meta.get("selection") or "all"  # how the file's tokens were kept, not these engines' rule
+        return self.make_bank({n: arrays[n] for n in self.bank_names if n in arrays}, shots, selection)
 
     def load_support(self, path: str | os.PathLike) -> None:
         """Loads a bank written by `save_support` from the same model (checked whole before it replaces the current one)."""

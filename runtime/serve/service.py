@@ -119,9 +119,7 @@ class FewShotService:
             stored = self.store.read(key)
             if stored is None:
                 return None
-            arrays, meta = stored
-            shots = int(meta["support_shots"]) if meta.get("support_shots", "").isdigit() else None
-            bank = self.segmenter.make_bank(arrays, shots, meta.get("selection") or "all")
+            bank = self.segmenter.restore_bank(*stored)
         except (ValueError, OSError) as err:  # a damaged or foreign file: re-registering rewrites it
             LOG.warning("bank store: %s", err)
             self._count("store_errors")
