@@ -157,8 +157,9 @@ def markdown(result: dict) -> str:
         t = latency[name]
         return f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f} / {t['max_ms']:.1f} ({t['bank_shots']})"
 
+    measured = "query latency" if result["accuracy"] is None else f"{result['episodes']} paired held-out episodes"
     lines = [
-        f"# Support selection: {result['episodes']} paired held-out episodes, budget {result['budget']} shots",
+        f"# Support selection: {measured}, budget {result['budget']} shots",
         "",
         f"`{result['command']}`",
         "",
