@@ -8,7 +8,15 @@ from segdata.world import SyntheticWorld
 
 # A test that uses one of these (each builds engines or trains a model) is in the slow lane;
 # `pytest -m "not slow"` is the fast lane, the README command runs both.
-SLOW_FIXTURES = {"selected_engines", "built", "shipped_engines", "slime_engines", "tiny_with_decoder", "segmenters", "trained"}
+SLOW_FIXTURES = {
+    "selected_engines",
+    "built",
+    "shipped_engines",
+    "slime_engines",
+    "tiny_with_decoder",
+    "segmenters",
+    "trained",
+}
 
 
 def pytest_collection_modifyitems(items):

@@ -6,7 +6,7 @@ others poll for the socket file and connect once, so an instance that finds the 
 instance 0's `bind()` and `listen()` gets `ConnectionRefusedError`, and one that waits more than
 a second (instance 0 still starting its tensor store on a busy machine) gets a `TimeoutError`
 naming `<model>-config.sock`. Either way Triton reports the model as failed to load, though
-nothing is wrong with it. It was seen once in CI (2 busy cores, `--instances 2`) and not in six
+nothing is wrong with it. It was seen twice in CI (2 busy cores, `--instances 2`) and not in six
 starts with 8 instances under load by hand; a fresh start (a new PyTriton workspace) is the
 cure, so the server starts again, a bounded number of times, for that failure only.
 """
@@ -40,22 +40,26 @@ def serve(
     """Starts a server from `make_triton()` (a `pytriton.triton.Triton`, unentered), binds the
     models with `bind(triton)` -> their names, calls `on_ready(names)`, then serves until
     stopped. A start that fails on the instance handshake is retried, up to `attempts` starts in
-    all; any other failure, and a failure once serving, raises at once."""
+    all; any other failure, and a failure once serving, raises at once.
+
+    Entering PyTriton's `Triton` context already starts the server, so `bind()` loads each model
+    as it binds it: the handshake fails there, not in `run()`, and both are inside the retry."""
     for attempt in range(1, attempts + 1):
-        with make_triton() as triton:
-            names = bind(triton)
-            try:
-                triton.run()  # starts the server and loads the models
-            except Exception as err:
-                if attempt == attempts or not is_instance_handshake_race(err):
-                    raise
-                LOG.warning(
-                    "start %d of %d: PyTriton's model instances missed each other's handshake "
-                    "(a start-up race, not a model error); starting again",
-                    attempt,
-                    attempts,
-                )
-                continue
-            on_ready(names)
-            triton.serve()
-            return
+        serving = False
+        try:
+            with make_triton() as triton:
+                names = bind(triton)
+                triton.run()  # loads whatever binding did not
+                serving = True
+                on_ready(names)
+                triton.serve()
+                return
+        except Exception as err:
+            if serving or attempt == attempts or not is_instance_handshake_race(err):
+                raise
+            LOG.warning(
+                "start %d of %d: PyTriton's model instances missed each other's handshake "
+                "(a start-up race, not a model error); starting again",
+                attempt,
+                attempts,
+            )
