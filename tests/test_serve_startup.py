@@ -12,7 +12,7 @@ from serving import require_serving_environment
 from runtime.fewshot import FewShotSegmenter
 from runtime.serve.client import SegmentationClient
 from runtime.serve.process import ServerProcess
-from runtime.serve.startup import is_instance_handshake_race, serve
+from runtime.serve.startup import START_ATTEMPTS, is_instance_handshake_race, serve
 
 FAULT_SCRIPT = Path(__file__).with_name("handshake_fault.py")
 
@@ -129,7 +129,7 @@ def test_a_real_server_that_loses_the_race_starts_again_and_answers(shipped_engi
     with RacingServer(["--engines", str(shipped_engines), "--instances", "2"], python=python, log=log) as server:
         assert list(faults.iterdir()) == []  # both faults were met
         text = log.read_text(errors="replace")
-        assert "start 1 of 3" in text and "start 2 of 3" in text
+        assert f"start 1 of {START_ATTEMPTS}" in text and f"start 2 of {START_ATTEMPTS}" in text
         with SegmentationClient(server.http_url) as client:
             key = client.register_support(*support)
             assert np.array_equal(client.segment(key, episodes[0].query_image), expected)

@@ -19,7 +19,7 @@ from typing import Any
 
 LOG = logging.getLogger("runtime.serve")
 
-START_ATTEMPTS = 3
+START_ATTEMPTS = 5  # a lost start costs a few seconds; a failed CI run costs far more
 # Text that only PyTriton's instance handshake puts in a load error: the function's name in the
 # traceback of a refused connection, the socket's name in the time-out message.
 HANDSHAKE_MARKERS = ("get_config_from_handshake_server", "-config.sock")
