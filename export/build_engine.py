@@ -23,7 +23,7 @@ from export.engine_dir import TensorRTParseError
 from export.parity import ParityError
 from export.tensorrt_build import TensorRTUnavailable
 from runtime.files import OutputError
-from runtime.sections import OLD_READOUT_NAMES, READOUTS
+from runtime.sections import OLD_READOUT_NAMES, QUERY_ENCODERS, READOUTS
 from runtime.support_selection import DEFAULT_RULE, RULES
 
 # Flags of one method only: flag -> its argparse destination. Their defaults are None, so that
@@ -34,6 +34,7 @@ DIFFEWS_ONLY = {
     "--max-shots": "max_shots",
     "--resolution": "resolution",
     "--readout": "readout",
+    "--query-encoder": "query_encoder",
     "--parity-episodes": "parity_episodes",
     "--selection": "selection",
     "--selection-budget": "selection_budget",
@@ -84,6 +85,14 @@ def parser() -> argparse.ArgumentParser:
         "half resolution and the model's trained mask_head/: about 35 %% less decoder work), mask_decoder (the "
         "model's distilled mask_decoder/: the fastest, less faithful edges); auto (default): mask_head where the "
         "model has one, else vae. docs/readouts.md gives each one's agreement",
+    )
+    diffews.add_argument(
+        "--query-encoder",
+        choices=QUERY_ENCODERS,
+        default=None,
+        help="what encodes the query in the query graph: vae (default: the method's VAE encoder), distilled (the "
+        "model's query_encoder/, trained by python -m train.query_encoder: about 9x fewer FLOPs than the VAE "
+        "encoder). The support always uses the VAE. docs/diffews.md gives its agreement",
     )
     diffews.add_argument("--parity-episodes", type=int, default=None, help="held-out episodes (1-3) for parity (3)")
     diffews.add_argument(

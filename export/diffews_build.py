@@ -35,6 +35,8 @@ from export.parity import ParityRow, compare_outputs, summarise
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, model_hash, read_config
 from modeling.presets import PRETRAINED_DIR, RANDOM_ARCHS, random_diffews
+from modeling.query_encoders import QUERY_ENCODERS
+from modeling.query_encoders import TRAIN_COMMAND as QE_TRAIN
 from runtime.contract import GraphSpec
 from runtime.manifest import Manifest
 from runtime.sections import QUERY_SEGMENTER, READOUTS, SUPPORT_ENCODER, DiffewsSection, FusedLayer, Readout
@@ -59,6 +61,7 @@ def build_diffews(
     precision: str = "fp32",
     optimize: bool = False,
     readout: str = "auto",
+    query_encoder: str = "vae",
     threads: int | None = None,
     parity_episodes: int = MAX_PARITY_EPISODES,
     tensorrt: bool = False,
@@ -80,6 +83,9 @@ def build_diffews(
         optimize: fuse operators with ONNX Runtime's transformer optimizer (not for TensorRT).
         readout: the query graph's mask read-out, one of `runtime.sections.READOUTS` or "auto"
             (the model's mask head where it has one, else the VAE decoder).
+        query_encoder: what encodes the query in the query graph, one of
+            `modeling.query_encoders.QUERY_ENCODERS`: "vae" (the method's own) or "distilled" (the
+            model's `query_encoder/`, `train.query_encoder`). The support always uses the VAE.
         threads: ONNX Runtime threads for the parity runs.
         parity_episodes: held-out episodes (1 to 3) the parity check runs on.
         tensorrt: fail when TensorRT's ONNX parser cannot read a graph (the plans are built after).
@@ -96,6 +102,8 @@ def build_diffews(
         `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
     """
     _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, readout, optimize, tensorrt)
+    if query_encoder not in QUERY_ENCODERS:
+        raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
     SupportSelection(selection, 1 if selection_budget is None else selection_budget, selection_seed)  # before the load
     if model is not None and random_arch is not None:
         raise ValueError("give a model folder or random_arch, not both: random weights replace the model's")
@@ -108,8 +116,11 @@ def build_diffews(
     if resolution:
         diffews.resolution = resolution
     readout = choose_readout(readout, diffews)
+    if query_encoder == "distilled" and diffews.query_encoder is None:
+        raise ValueError(f"query encoder distilled, but the model has no query_encoder/; train one with {QE_TRAIN}")
     log(
-        f"loaded {source['source']} (resolution {diffews.resolution}, read-out {readout}); support selection: "
+        f"loaded {source['source']} (resolution {diffews.resolution}, read-out {readout}, query encoder "
+        f"{query_encoder}); support selection: "
         f"{support_selection.describe()}"
     )
     layers = fused_layers(diffews)
@@ -125,8 +136,9 @@ def build_diffews(
     parity_shots = min(2, support_selection.bank_shots(max_shots))
     samples = held_out_episodes(diffews.resolution, parity_shots, parity_episodes, fold=source["fold"])
     with engine_directory(out, overwrite) as work:
-        graphs = _export(diffews, readout, specs, samples, work, log, precision, optimize, tensorrt)
-        rows = _parity(diffews, readout, specs, samples, graphs, threads, log)
+        query = QuerySegmenter(diffews, readout, query_encoder)
+        graphs = _export(diffews, query, specs, samples, work, log, precision, optimize, tensorrt)
+        rows = _parity(diffews, query, specs, samples, graphs, threads, log)
         write_parity(work, rows)
         Manifest(
             kind="diffews",
@@ -138,7 +150,9 @@ def build_diffews(
                 name: graph_entry(path, specs[name], reduced_precision=name != SUPPORT_ENCODER)
                 for name, path in graphs.items()
             },
-            diffews=DiffewsSection(model_readout(diffews, readout), max_shots, tuple(layers), support_selection),
+            diffews=DiffewsSection(
+                model_readout(diffews, readout), max_shots, tuple(layers), support_selection, query_encoder
+            ),
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
             rules=diffews_rules(specs, max_shots),
@@ -212,7 +226,7 @@ def _query_feed(image, threshold, bank: dict[str, np.ndarray]) -> dict[str, np.n
     return {"image": image, "threshold": np.array(threshold, dtype=np.float32), **bank}
 
 
-def _export(model, readout, specs, samples, work, log, precision, optimize, tensorrt) -> dict[str, Path]:
+def _export(model, query: QuerySegmenter, specs, samples, work, log, precision, optimize, tensorrt) -> dict[str, Path]:
     first = samples[0]
     support = SupportEncoder(model)
     support_sample = {"image": _tensor(first.support_images[0]), "mask": _tensor(first.support_masks[0])}
@@ -223,7 +237,7 @@ def _export(model, readout, specs, samples, work, log, precision, optimize, tens
     query_sample = {k: _tensor(v) for k, v in query_sample.items()} | dict(zip(names, bank))
     modules = {
         SUPPORT_ENCODER: (support, support_sample, 0),
-        QUERY_SEGMENTER: (QuerySegmenter(model, readout), query_sample, len(bank)),
+        QUERY_SEGMENTER: (query, query_sample, len(bank)),
     }
     return {
         name: export_graph_file(module, specs[name], sample, work, log, precision, optimize, tensorrt, packed)
@@ -231,11 +245,13 @@ def _export(model, readout, specs, samples, work, log, precision, optimize, tens
     }
 
 
-def _parity(model, readout, specs: dict[str, GraphSpec], samples, graphs, threads, log) -> list[ParityRow]:
+def _parity(
+    model, query: QuerySegmenter, specs: dict[str, GraphSpec], samples, graphs, threads, log
+) -> list[ParityRow]:
     log("parity against PyTorch ...")
     support_graph = OnnxRuntimeGraph(graphs[SUPPORT_ENCODER], specs[SUPPORT_ENCODER], threads=threads)
     query_graph = OnnxRuntimeGraph(graphs[QUERY_SEGMENTER], specs[QUERY_SEGMENTER], threads=threads)
-    support, query = SupportEncoder(model), QuerySegmenter(model, readout)
+    support = SupportEncoder(model)
     names = specs[SUPPORT_ENCODER].output_names
     threshold = model.threshold.level
     rows = []

@@ -58,11 +58,12 @@ class QuerySegmenter(nn.Module):
 
     Args:
         readout: what decodes the mask latent, one of `runtime.sections.READOUTS` (`DiffewsModel.decode_mask_images`).
+        query_encoder: what encodes the query, one of `modeling.query_encoders.QUERY_ENCODERS` (`DiffewsModel.encode_query`).
     """
 
-    def __init__(self, model: DiffewsModel, readout: str = "vae"):
+    def __init__(self, model: DiffewsModel, readout: str = "vae", query_encoder: str = "vae"):
         super().__init__()
-        self.model, self.readout = model, readout
+        self.model, self.readout, self.query_encoder = model, readout, query_encoder
 
     def forward(self, image: torch.Tensor, threshold: torch.Tensor, *bank: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -71,7 +72,7 @@ class QuerySegmenter(nn.Module):
             raise ValueError(f"expected {2 * len(names)} bank tensors (keys then values), got {len(bank)}")
         tokens = [t.reshape(1, -1, t.shape[-1]) for t in bank]  # (S, N, C) -> (1, S*N, C): shot after shot
         kv = KVBank(dict(zip(names, tokens[: len(names)])), dict(zip(names, tokens[len(names) :])), bank[0].shape[0])
-        z_query = model.encode(image_to_model(image, model.resolution))
+        z_query = model.encode_query(image_to_model(image, model.resolution), self.query_encoder)
         with model.fusion.reading(kv):
             output = model.unet(z_query, TIMESTEP, encoder_hidden_states=model.empty_embedding).sample
         decoded = model.decode_mask_images(-output, self.readout)

@@ -27,6 +27,7 @@ from torch import nn
 
 from modeling.imaging import images_to_tensor, masks_to_tensor, vae_latents
 from modeling.kv_fusion import KVBank, KVFusion
+from modeling.query_encoders import QUERY_ENCODERS, TRAIN_COMMAND
 from modeling.readouts import LEARNED_READOUTS, MaskThreshold
 from modeling.text_embeddings import empty_text_embedding
 from runtime.sections import READOUTS
@@ -113,6 +114,8 @@ class DiffewsModel(nn.Module):
             `decode_masks(..., readout="mask_decoder")` in place of the VAE decoder; None if the model has none.
         mask_head: the VAE decoder to half resolution plus a learned head (`modeling.readouts.MaskHeadReadout`),
             used by `decode_masks(..., readout="mask_head")`; None if the model has none.
+        query_encoder: a distilled query encoder (`modeling.query_encoders.DistilledEncoder`), used by
+            `encode_query(..., encoder="distilled")` in place of the VAE encoder; None if the model has none.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class DiffewsModel(nn.Module):
         threshold: MaskThreshold | None = None,
         mask_decoder: nn.Module | None = None,
         mask_head: nn.Module | None = None,
+        query_encoder: nn.Module | None = None,
     ):
         super().__init__()
         if not isinstance(unet.conv_in, StreamConvIn):
@@ -134,7 +138,7 @@ class DiffewsModel(nn.Module):
         self.register_buffer("empty_embedding", empty_embedding.detach().float(), persistent=False)
         self.fusion = KVFusion(unet, attention)
         self.threshold = threshold or MaskThreshold()
-        self.mask_decoder, self.mask_head = mask_decoder, mask_head
+        self.mask_decoder, self.mask_head, self.query_encoder = mask_decoder, mask_head, query_encoder
         # Recompute each stream in the backward pass instead of storing its activations. Done per
         # stream, not with diffusers' per-block checkpointing: a block recomputed during backward
         # would run outside the stream's record / read mode and silently attend to the wrong tokens.
@@ -150,6 +154,17 @@ class DiffewsModel(nn.Module):
     def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """(B, 3, R, R) in [-1, 1] -> (B, 4, R/8, R/8) scaled latents (posterior mean, or a sample)."""
         return vae_latents(self.vae, x, sample=sample)
+
+    def encode_query(self, x: torch.Tensor, encoder: str = "vae") -> torch.Tensor:
+        """(B, 3, R, R) in [-1, 1] -> (B, 4, R/8, R/8) query latents, from `encoder` (`QUERY_ENCODERS`):
+        "vae" (the posterior mean, the method's own) or "distilled" (the model's `query_encoder`)."""
+        if encoder == "vae":
+            return self.encode(x)
+        if encoder not in QUERY_ENCODERS:
+            raise ValueError(f"unknown query encoder {encoder!r}; choose one of {', '.join(QUERY_ENCODERS)}")
+        if self.query_encoder is None:
+            raise ValueError(f"this model has no distilled query encoder; train one with {TRAIN_COMMAND}")
+        return self.query_encoder(x)
 
     def decode_mask_images(self, mask_latents: torch.Tensor, readout: str = "vae") -> torch.Tensor:
         """(B, 4, h, w) predicted mask latents -> (B, 3, H, W) decoded mask images in about [-1, 1].
@@ -245,11 +260,17 @@ class DiffewsModel(nn.Module):
 
     @torch.no_grad()
     def segment(
-        self, query_images: np.ndarray, bank: KVBank, readout: str = "vae", threshold: MaskThreshold | None = None
+        self,
+        query_images: np.ndarray,
+        bank: KVBank,
+        readout: str = "vae",
+        threshold: MaskThreshold | None = None,
+        query_encoder: str = "vae",
     ) -> np.ndarray:
         """(B, H, W, 3) uint8 queries, one per episode of `bank` -> (B, H, W) bool masks at the query size."""
         x = self._resize(images_to_tensor(query_images), "bilinear")
-        masks = self.decode_masks(self.predict_mask_latents(self.encode(x), bank), readout, threshold)  # [B, R, R]
+        z = self.encode_query(x, query_encoder)
+        masks = self.decode_masks(self.predict_mask_latents(z, bank), readout, threshold)  # [B, R, R]
         size = query_images.shape[1:3]
         if tuple(masks.shape[1:]) != tuple(size):
             masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5

@@ -27,6 +27,8 @@ from safetensors.torch import load_file, save_file
 
 from modeling.diffews import DiffewsModel, load_unet_state_dict, unet_state_dict
 from modeling.presets import ModelFolderError
+from modeling.query_encoders import FOLDER as QUERY_ENCODER_FOLDER
+from modeling.query_encoders import load_query_encoder
 from modeling.readouts import LEARNED_READOUTS, MaskThreshold, load_readout
 from runtime.files import replacing_file, replacing_folder, write_text
 
@@ -102,7 +104,8 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 
 def load_diffews(folder: str | os.PathLike, attention: str = "sdpa") -> DiffewsModel:
-    """Loads a DiffewS folder in float32, in eval mode (with its mask head and fast decoder when it has them)."""
+    """Loads a DiffewS folder in float32, in eval mode (with its learned read-outs and distilled query
+    encoder when it has them)."""
     folder = Path(folder)
     config = read_config(folder)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
@@ -112,7 +115,11 @@ def load_diffews(folder: str | os.PathLike, attention: str = "sdpa") -> DiffewsM
     learned = {
         kind: load_readout(kind, folder / kind, vae) if (folder / kind).is_dir() else None for kind in LEARNED_READOUTS
     }
-    model = DiffewsModel(unet, vae, embedding, int(config["resolution"]), attention, threshold, **learned)
+    encoder_folder = folder / QUERY_ENCODER_FOLDER
+    query_encoder = load_query_encoder(encoder_folder, vae) if encoder_folder.is_dir() else None
+    model = DiffewsModel(
+        unet, vae, embedding, int(config["resolution"]), attention, threshold, **learned, query_encoder=query_encoder
+    )
     load_unet_state_dict(model.unet, {k: v.float() for k, v in load_file(str(folder / UNET_WEIGHTS)).items()})
     return model.eval()
 

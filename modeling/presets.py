@@ -229,8 +229,10 @@ RANDOM_ARCHS = {"sd21": RandomDiffews("random sd21 (seed 0)", "random-sd21-seed0
 
 
 def random_diffews(arch: str = "sd21", attention: str = "sdpa"):
-    """The `arch` DiffewS model (`RANDOM_ARCHS`) with random weights, a random mask head and mask decoder, in eval mode."""
+    """The `arch` DiffewS model (`RANDOM_ARCHS`) with random weights, a random mask head, mask decoder and
+    distilled query encoder, in eval mode."""
     from modeling.diffews import DiffewsModel
+    from modeling.query_encoders import DistilledEncoder, DistilledEncoderConfig
     from modeling.readouts import MaskDecoder, MaskHead, MaskHeadConfig, MaskHeadReadout, half_resolution_channels
 
     if arch not in RANDOM_ARCHS:
@@ -240,6 +242,7 @@ def random_diffews(arch: str = "sd21", attention: str = "sdpa"):
     embedding = torch.randn(1, 77, configs.SD21_UNET["cross_attention_dim"])
     decoder = MaskDecoder()
     head = MaskHeadReadout(vae, MaskHead(MaskHeadConfig(half_resolution_channels(vae))))
+    query_encoder = DistilledEncoder(DistilledEncoderConfig.for_vae(vae))  # drawn last: the others' weights stay
     return DiffewsModel(
-        unet, vae, embedding, resolution=512, attention=attention, mask_decoder=decoder, mask_head=head
+        unet, vae, embedding, 512, attention, mask_decoder=decoder, mask_head=head, query_encoder=query_encoder
     ).eval()

@@ -27,20 +27,16 @@ step is learned:
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from runtime.files import replacing_folder, write_text
+from modeling.network_files import read_network_files, save_network
 from runtime.sections import READOUTS
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 LEARNED_READOUTS = READOUTS[1:]  # "mask_head", "mask_decoder": the folder each is stored in
 
 
@@ -198,30 +194,19 @@ class MaskDecoder(nn.Module):
 
 
 def save_readout(network: MaskHead | MaskDecoder, folder: Path, info: dict | None = None) -> Path:
-    """Writes `folder/config.json` (architecture + `info`, e.g. how it was trained) and the weights, swapped in whole."""
-    folder = Path(folder)
-    state = {k: v.detach().float().contiguous() for k, v in network.state_dict().items()}
-    with replacing_folder(folder, overwrite=True) as work:  # never half old, half new
-        write_text(work / CONFIG, json.dumps({"architecture": asdict(network.config), **(info or {})}, indent=1))
-        save_file(state, str(work / WEIGHTS), metadata={"format": "pt"})
-    return folder
+    """Writes the read-out's architecture + `info` (e.g. how it was trained) and its weights into `folder`."""
+    return save_network(network, folder, info)
 
 
 def load_readout(kind: str, folder: Path, vae: AutoencoderKL) -> MaskHeadReadout | MaskDecoder:
     """The stored read-out network `kind` ("mask_head" on top of `vae`, the model's own, or "mask_decoder")."""
-    folder = Path(folder)
     if kind not in LEARNED_READOUTS:
         raise ValueError(f"unknown learned read-out {kind!r}; choose one of {', '.join(LEARNED_READOUTS)}")
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no {kind} ({CONFIG} + {WEIGHTS}); train one with "
-            f"python -m train.mask_decoder --model DIR --kind {kind}"
-        )
-    architecture = json.loads((folder / CONFIG).read_text())["architecture"]
+    architecture, state = read_network_files(folder, kind, f"python -m train.mask_decoder --model DIR --kind {kind}")
     if kind == "mask_head":
         network = MaskHead(MaskHeadConfig(**architecture))
     else:
         network = MaskDecoder(MaskDecoderConfig(**{**architecture, "up_channels": tuple(architecture["up_channels"])}))
-    network.load_state_dict(load_file(str(folder / WEIGHTS)))
+    network.load_state_dict(state)
     network.eval()
     return MaskHeadReadout(vae, network) if kind == "mask_head" else network

@@ -26,6 +26,9 @@ PART_SEGMENTER = "part_segmenter"
 # model folder's sub-folders name them: the method's full VAE decoder, the VAE decoder to half
 # resolution plus a learned head, and a distilled decoder (the fastest).
 READOUTS = ("vae", "mask_head", "mask_decoder")
+# What encodes the query inside the query graph: the method's VAE encoder, or a small encoder
+# distilled to give its latent (`modeling.query_encoders`).
+QUERY_ENCODERS = ("vae", "distilled")
 # The names the CLI took before one vocabulary existed (still accepted, with a note).
 OLD_READOUT_NAMES = {"head": "mask_head", "fast": "mask_decoder"}
 
@@ -74,12 +77,15 @@ class DiffewsSection:
         selection: how a support set's bank is reduced before the query graph reads it
             (`runtime.support_selection`); the query graph takes at most
             `selection.bank_shots(max_shots)` shots.
+        query_encoder: what encodes the query inside the query graph: "vae" (the method's own)
+            or "distilled" (a small encoder trained to give the VAE's latent).
     """
 
     readout: Readout
     max_shots: int
     layers: tuple[FusedLayer, ...]
     selection: SupportSelection = SupportSelection()
+    query_encoder: str = "vae"
 
     @property
     def bank_names(self) -> list[str]:
@@ -97,6 +103,7 @@ class DiffewsSection:
             "max_shots": self.max_shots,
             "layers": [asdict(layer) for layer in self.layers],
             "support_selection": self.selection.to_json(),
+            "query_encoder": self.query_encoder,
         }
 
     @classmethod
@@ -107,6 +114,7 @@ class DiffewsSection:
             int(data["max_shots"]),
             tuple(FusedLayer(**layer) for layer in data["layers"]),
             SupportSelection.from_json(data.get("support_selection")),  # absent: every token (built before it)
+            data.get("query_encoder", "vae"),  # absent: built before there was a choice
         )
 
 
