@@ -9,7 +9,7 @@ Rows (one query against a fixed support set, 1 shot by default, at the model res
 | --- | --- |
 | `reference` | the released code's way: every query re-encodes the support image and mask, runs the whole support UNet (not stopped after the last self-attention), then encodes the query, runs the query UNet and the full VAE decoder; PyTorch eager, fp32 |
 | `torch-cached` | the same PyTorch model with the support bank computed once: query encode, UNet, decode |
-| `onnxruntime`, `openvino`, `openvino-bf16` | each engine directory's `query_segmenter` graph (bank computed once by `support_encoder`) on that CPU backend (`--backends`); `, mask_head read-out` / `, mask_decoder read-out` for a directory built with the model's learned read-outs |
+| `onnxruntime`, `openvino`, `openvino-bf16` | each engine directory's `query_segmenter` graph (bank computed once by `support_encoder`) on that CPU backend (`--backends`); `, mask_head read-out` / `, mask_decoder read-out` for a directory built with the model's learned read-outs, `, distilled encoder` for one built with its distilled query encoder |
 
 Stages: `support` (per query in `reference`, once otherwise), `query_encode`, `query_unet`,
 `readout` (mask decode and threshold), plus `io` in the runtime (in-graph resizing and casts).
@@ -54,6 +54,8 @@ from runtime.sections import READOUTS
 from segdata.samples import held_out_episodes
 
 SD21_ENGINES = Path("engines/sd21-random")
+# (read-out, query encoder) of the SD 2.1 engines `--arch sd21` measures
+SD21_VARIANTS = (*((readout, "vae") for readout in READOUTS), ("mask_head", "distilled"), ("mask_decoder", "distilled"))
 
 
 def timed(fn, repeats: int, warmup: int) -> dict:
@@ -104,6 +106,9 @@ def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], qu
     def query_encode():
         state["z"] = model.encode(x_query)
 
+    def query_encode_distilled():  # times and counts it; the UNet keeps reading the VAE's latent
+        model.encode_query(x_query, "distilled")
+
     def query_unet():
         state["out"] = model.predict_mask_latents(state["z"], state["bank"])
 
@@ -130,6 +135,8 @@ def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], qu
         stages["readout_mask_head"] = readout_mask_head
     if model.mask_decoder is not None:
         stages["readout_mask_decoder"] = readout_mask_decoder
+    if model.query_encoder is not None:
+        stages["query_encode_distilled"] = query_encode_distilled
     return stages
 
 
@@ -176,9 +183,10 @@ def _time_runtime(
 def measure_runtime(engines: Path, backend: str, episode, repeats: int, warmup: int, threads: int | None) -> dict:
     # The segmenter's graphs are freed before the profiling run loads the query graph again.
     support, query, feed = _time_runtime(engines, backend, episode, repeats, warmup, threads)
-    decoder = Manifest.read(engines, verify=False).diffews.readout.decoder
+    diffews = Manifest.read(engines, verify=False).diffews
+    decoder, encoder = diffews.readout.decoder, diffews.query_encoder
     print(
-        f"  runtime ({engines}, {decoder}, {backend}) support {support['median_ms']:.1f} ms, "
+        f"  runtime ({engines}, {encoder} encoder, {decoder}, {backend}) support {support['median_ms']:.1f} ms, "
         f"query {query['median_ms']:.1f} ms, {query['peak_extra_mb']:.0f} MB",
         flush=True,
     )
@@ -190,6 +198,7 @@ def measure_runtime(engines: Path, backend: str, episode, repeats: int, warmup: 
         "engines": str(engines),
         "backend": backend,
         "decoder": decoder,
+        "query_encoder": encoder,
         "support": support,
         "query": query,
         "split": split,
@@ -203,8 +212,8 @@ def load_models(engines: list[Path]) -> tuple[DiffewsModel, Manifest]:
         manifests = [Manifest.read(e, verify=False) for e in engines]
     except EngineDirError as err:
         raise SystemExit(f"error: {err}") from err
-    # The source of a learned read-out's build carries the network its PyTorch FLOPs are counted on.
-    manifest = max(manifests, key=lambda m: m.diffews.readout.decoder != "vae")
+    # The source of a learned network's build carries the network its PyTorch FLOPs are counted on.
+    manifest = max(manifests, key=lambda m: (m.diffews.readout.decoder != "vae", m.diffews.query_encoder != "vae"))
     if len({m.model["hash"] for m in manifests}) > 1:
         raise SystemExit(f"error: the engine directories {engines} were built from different models")
     random = {arch.hash: name for name, arch in RANDOM_ARCHS.items()}
@@ -222,16 +231,30 @@ def sample_episode(resolution: int) -> tuple[tuple[np.ndarray, np.ndarray], np.n
     return (episode.support_images[0], episode.support_masks[0].astype(np.uint8)), episode.query_image
 
 
-def ensure_sd21_engines(threads: int | None) -> list[Path]:
-    """engines/sd21-random (VAE read-out), -mask_head and -mask_decoder (the random learned read-outs),
+def sd21_engines(readout: str, query_encoder: str = "vae") -> Path:
+    """Where the random SD 2.1 engines of a read-out and query encoder live: engines/sd21-random[-R][-distilled]."""
+    suffix = ("" if readout == "vae" else f"-{readout}") + ("" if query_encoder == "vae" else f"-{query_encoder}")
+    return SD21_ENGINES.with_name(SD21_ENGINES.name + suffix)
+
+
+def ensure_sd21_engines(threads: int | None, variants=SD21_VARIANTS) -> list[Path]:
+    """The random SD 2.1 engines of each (read-out, query encoder) in `variants` (`sd21_engines`),
     exported once (several minutes and about 17 GB of memory each) and reused."""
     from export.diffews_build import build_diffews
 
     directories = []
-    for readout in READOUTS:
-        folder = SD21_ENGINES if readout == "vae" else SD21_ENGINES.with_name(f"{SD21_ENGINES.name}-{readout}")
+    for readout, encoder in variants:
+        folder = sd21_engines(readout, encoder)
         if not (folder / "manifest.json").is_file():
-            build_diffews(folder, random_arch="sd21", max_shots=2, parity_episodes=1, readout=readout, threads=threads)
+            build_diffews(
+                folder,
+                random_arch="sd21",
+                max_shots=2,
+                parity_episodes=1,
+                readout=readout,
+                query_encoder=encoder,
+                threads=threads,
+            )
         directories.append(folder)
     return directories
 

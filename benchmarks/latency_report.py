@@ -15,6 +15,8 @@ READOUT_ROWS = {
     "mask_head": ("readout_mask_head", ", mask_head read-out"),
     "mask_decoder": ("readout_mask_decoder", ", mask_decoder read-out"),
 }
+# manifest query encoder -> (the PyTorch stage its FLOPs come from, the row name's suffix)
+ENCODER_ROWS = {"vae": ("query_encode", ""), "distilled": ("query_encode_distilled", ", distilled encoder")}
 
 
 def _row(
@@ -38,8 +40,8 @@ def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[d
 
     Args:
         torch_mb: peak extra resident memory per PyTorch stage; a row's figure is its largest stage.
-        runtimes: per engine directory and backend, `measure_runtime`'s result (with its "backend" and
-            "decoder", "vae", "mask_head" or "mask_decoder").
+        runtimes: per engine directory and backend, `measure_runtime`'s result (with its "backend",
+            "decoder" ("vae", "mask_head" or "mask_decoder") and "query_encoder" ("vae" or "distilled")).
     """
 
     def median(t):
@@ -74,10 +76,11 @@ def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[d
         query = median(runtime["query"])
         stages = {"support": 0.0, **{s: query * share for s, share in runtime["split"].items()}}
         stage, suffix = READOUT_ROWS[runtime["decoder"]]
-        readout_flops = torch_flops[stage]
-        name = runtime["backend"] + suffix
+        encode_stage, encode_suffix = ENCODER_ROWS[runtime.get("query_encoder", "vae")]
+        flops = torch_flops[encode_stage] + torch_flops["query_unet"] + torch_flops[stage]
+        name = runtime["backend"] + suffix + encode_suffix
         once, memory = median(runtime["support"]), runtime["query"]["peak_extra_mb"]
-        rows.append(_row(name, stages, once, query_flops + readout_flops, reference_ms, peak, memory))
+        rows.append(_row(name, stages, once, flops, reference_ms, peak, memory))
         rows[-1]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}
         rows[-1]["engines"], rows[-1]["backend"] = runtime["engines"], runtime["backend"]
     return rows

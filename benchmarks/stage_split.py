@@ -1,7 +1,7 @@
 """Where a query graph spends its time, by stage: ONNX Runtime's profiler and OpenVINO's per-node counters.
 
 Each exported node's name scope (the dynamo exporter's `pkg.torch.onnx.name_scopes` metadata)
-tells its stage: `query_encode` (VAE encoder), `query_unet`, `readout` (mask decoder and
+tells its stage: `query_encode` (VAE encoder or distilled query encoder), `query_unet`, `readout` (mask decoder and
 threshold) or `io` (in-graph resizing and casts). The shares are set against the graph's
 measured wall time by `benchmarks.latency`.
 """
@@ -22,7 +22,7 @@ from runtime.sections import QUERY_SEGMENTER
 
 def stage_of(scopes: str) -> str:
     """Benchmark stage of a query-graph node from its exporter name scopes."""
-    if "model.vae.encoder" in scopes or "model.vae.quant_conv" in scopes:
+    if any(k in scopes for k in ("model.vae.encoder", "model.vae.quant_conv", "model.query_encoder")):
         return "query_encode"
     if "model.unet" in scopes:
         return "query_unet"

@@ -23,6 +23,7 @@ from export.engine_dir import TensorRTParseError
 from export.parity import ParityError
 from export.tensorrt_build import TensorRTUnavailable
 from runtime.files import OutputError
+from runtime.profiles import PROFILES
 from runtime.sections import OLD_READOUT_NAMES, QUERY_ENCODERS, READOUTS
 from runtime.support_selection import DEFAULT_RULE, RULES
 
@@ -33,6 +34,7 @@ DIFFEWS_ONLY = {
     "--random-arch": "random_arch",
     "--max-shots": "max_shots",
     "--resolution": "resolution",
+    "--profile": "profile",
     "--readout": "readout",
     "--query-encoder": "query_encoder",
     "--parity-episodes": "parity_episodes",
@@ -77,22 +79,32 @@ def parser() -> argparse.ArgumentParser:
     diffews.add_argument("--max-shots", type=int, default=None, help="largest support set taken (10)")
     diffews.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's own)")
     diffews.add_argument(
+        "--profile",
+        choices=tuple(PROFILES),
+        default=None,
+        help="the query graph's trade-off, recorded in manifest.json: exact (the method's VAE encoder and decoder, "
+        "fp32 even where backend auto could use bf16: the PyTorch pipeline's masks), default (the mask_head "
+        "read-out where the model has one), fast (mask_decoder read-out and distilled query encoder). "
+        "--readout / --query-encoder override a part (recorded as custom). docs/diffews.md has each one's figures",
+    )
+    diffews.add_argument(
         "--readout",
         "--readout-decoder",
         choices=("auto", *READOUTS, *OLD_READOUT_NAMES),
         default=None,
         help="mask read-out in the query graph: vae (the method's full VAE decoder), mask_head (the VAE decoder to "
         "half resolution and the model's trained mask_head/: about 35 %% less decoder work), mask_decoder (the "
-        "model's distilled mask_decoder/: the fastest, less faithful edges); auto (default): mask_head where the "
-        "model has one, else vae. docs/readouts.md gives each one's agreement",
+        "model's distilled mask_decoder/: the fastest, less faithful edges); auto (default): the profile's (the "
+        "default profile's is mask_head where the model has one, else vae). docs/readouts.md gives each one's agreement",
     )
     diffews.add_argument(
         "--query-encoder",
-        choices=QUERY_ENCODERS,
+        choices=("auto", *QUERY_ENCODERS),
         default=None,
-        help="what encodes the query in the query graph: vae (default: the method's VAE encoder), distilled (the "
+        help="what encodes the query in the query graph: vae (the method's VAE encoder), distilled (the "
         "model's query_encoder/, trained by python -m train.query_encoder: about 9x fewer FLOPs than the VAE "
-        "encoder). The support always uses the VAE. docs/diffews.md gives its agreement",
+        "encoder); auto (default): the profile's. The support always uses the VAE. docs/diffews.md gives its "
+        "agreement",
     )
     diffews.add_argument("--parity-episodes", type=int, default=None, help="held-out episodes (1-3) for parity (3)")
     diffews.add_argument(

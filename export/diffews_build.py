@@ -32,14 +32,14 @@ from export.engine_dir import (
     write_parity,
 )
 from export.parity import ParityRow, compare_outputs, summarise
+from export.profile_parts import check_part_names, choose_parts
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, model_hash, read_config
 from modeling.presets import PRETRAINED_DIR, RANDOM_ARCHS, random_diffews
-from modeling.query_encoders import QUERY_ENCODERS
-from modeling.query_encoders import TRAIN_COMMAND as QE_TRAIN
 from runtime.contract import GraphSpec
 from runtime.manifest import Manifest
-from runtime.sections import QUERY_SEGMENTER, READOUTS, SUPPORT_ENCODER, DiffewsSection, FusedLayer, Readout
+from runtime.profiles import DEFAULT_PROFILE
+from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, DiffewsSection, FusedLayer, Readout
 from runtime.sessions import OnnxRuntimeGraph
 from runtime.support_selection import DEFAULT_RULE, SupportSelection
 from segdata.episodes import Episode
@@ -60,8 +60,9 @@ def build_diffews(
     max_side: int = 4096,
     precision: str = "fp32",
     optimize: bool = False,
+    profile: str = DEFAULT_PROFILE,
     readout: str = "auto",
-    query_encoder: str = "vae",
+    query_encoder: str = "auto",
     threads: int | None = None,
     parity_episodes: int = MAX_PARITY_EPISODES,
     tensorrt: bool = False,
@@ -81,11 +82,16 @@ def build_diffews(
         min_side, max_side: the range of image sides the graphs accept.
         precision: "fp32" or "fp16" graphs.
         optimize: fuse operators with ONNX Runtime's transformer optimizer (not for TensorRT).
-        readout: the query graph's mask read-out, one of `runtime.sections.READOUTS` or "auto"
-            (the model's mask head where it has one, else the VAE decoder).
+        profile: the query graph's trade-off, one of `runtime.profiles.PROFILES` ("exact",
+            "default", "fast"): its read-out and query encoder, and whether `backend="auto"` may
+            run it in bf16. Recorded in the manifest ("custom" when `readout` or `query_encoder`
+            overrides its choice).
+        readout: the query graph's mask read-out, one of `runtime.sections.READOUTS`, or "auto"
+            (the profile's; `default` falls back to the VAE decoder for a model without a mask head).
         query_encoder: what encodes the query in the query graph, one of
-            `modeling.query_encoders.QUERY_ENCODERS`: "vae" (the method's own) or "distilled" (the
-            model's `query_encoder/`, `train.query_encoder`). The support always uses the VAE.
+            `runtime.sections.QUERY_ENCODERS` ("vae", the method's own, or "distilled", the model's
+            `query_encoder/` from `train.query_encoder`), or "auto" (the profile's). The support
+            always uses the VAE.
         threads: ONNX Runtime threads for the parity runs.
         parity_episodes: held-out episodes (1 to 3) the parity check runs on.
         tensorrt: fail when TensorRT's ONNX parser cannot read a graph (the plans are built after).
@@ -101,9 +107,8 @@ def build_diffews(
         ValueError: an argument out of range; `ParityError` when a graph misses its tolerance;
         `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
     """
-    _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, readout, optimize, tensorrt)
-    if query_encoder not in QUERY_ENCODERS:
-        raise ValueError(f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}")
+    _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, optimize, tensorrt)
+    check_part_names(profile, readout, query_encoder)
     SupportSelection(selection, 1 if selection_budget is None else selection_budget, selection_seed)  # before the load
     if model is not None and random_arch is not None:
         raise ValueError("give a model folder or random_arch, not both: random weights replace the model's")
@@ -115,12 +120,10 @@ def build_diffews(
     support_selection = SupportSelection(selection, budget, selection_seed)
     if resolution:
         diffews.resolution = resolution
-    readout = choose_readout(readout, diffews)
-    if query_encoder == "distilled" and diffews.query_encoder is None:
-        raise ValueError(f"query encoder distilled, but the model has no query_encoder/; train one with {QE_TRAIN}")
+    readout, query_encoder, profile = choose_parts(profile, readout, query_encoder, diffews)
     log(
-        f"loaded {source['source']} (resolution {diffews.resolution}, read-out {readout}, query encoder "
-        f"{query_encoder}); support selection: "
+        f"loaded {source['source']} (resolution {diffews.resolution}); profile {profile}: read-out {readout}, "
+        f"query encoder {query_encoder}; support selection: "
         f"{support_selection.describe()}"
     )
     layers = fused_layers(diffews)
@@ -151,7 +154,7 @@ def build_diffews(
                 for name, path in graphs.items()
             },
             diffews=DiffewsSection(
-                model_readout(diffews, readout), max_shots, tuple(layers), support_selection, query_encoder
+                model_readout(diffews, readout), max_shots, tuple(layers), support_selection, query_encoder, profile
             ),
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),
@@ -161,13 +164,11 @@ def build_diffews(
     return out
 
 
-def _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, readout, optimize, tensorrt) -> None:
+def _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, optimize, tensorrt) -> None:
     if max_shots < 1:
         raise ValueError(f"max_shots must be at least 1, got {max_shots}")
     if resolution is not None and (resolution < 64 or resolution % 64):
         raise ValueError(f"resolution must be a multiple of 64 (latent side divisible by 8), got {resolution}")
-    if readout not in ("auto", *READOUTS):
-        raise ValueError(f"readout must be auto or one of {', '.join(READOUTS)}, got {readout!r}")
     check_common_arguments(min_side, max_side, parity_episodes, MAX_PARITY_EPISODES, optimize, tensorrt)
 
 
@@ -185,18 +186,6 @@ def _load(model: Path, random_arch: str | None) -> tuple[DiffewsModel, dict]:
     fold = int(config.get("data", {}).get("fold", 0))
     trained_shots = int((config.get("training") or {}).get("max_shots") or 1)  # imported releases record none
     return diffews, {**source, "fold": fold, "trained_shots": trained_shots}
-
-
-def choose_readout(choice: str, model: DiffewsModel) -> str:
-    """ "auto" -> the model's mask head where it has one, else "vae"; a learned read-out the model lacks is an error."""
-    if choice == "auto":
-        return "mask_head" if model.mask_head is not None else "vae"
-    if choice != "vae" and getattr(model, choice) is None:
-        raise ValueError(
-            f"read-out {choice}, but the model has no {choice}/; train one with "
-            f"python -m train.mask_decoder --model DIR --kind {choice}"
-        )
-    return choice
 
 
 def model_readout(model: DiffewsModel, decoder: str) -> Readout:

@@ -12,7 +12,7 @@
 | `tensorrt` | the directory's TensorRT plans (`export.tensorrt_build`), through Polygraphy's `TrtRunner` | Polygraphy `DeviceArray`s |
 | `openvino` | OpenVINO's CPU plugin, fp32; one infer request per concurrent caller (a pool) | `openvino.Tensor`s (copies), set per run |
 | `openvino-bf16` | OpenVINO's CPU plugin, bf16 arithmetic with fp32 accumulation (CPUs with AVX512-BF16 or AMX) for the graphs the manifest allows it (`reduced_precision`); the DiffewS support encoder, run once per support set, stays fp32 (bf16 there costs mask agreement and saves no per-query time) | as `openvino` |
-| `auto` | `openvino-bf16` where OpenVINO is installed and the CPU has bf16, else `onnxruntime` (`resolve_backend`) | |
+| `auto` | `openvino-bf16` where OpenVINO is installed and the CPU has bf16 (and the engines' profile is not `exact`), else `onnxruntime` (`resolve_backend`) | |
 
 Everything GPU-side and OpenVINO are imported lazily, so the CPU runtime needs only numpy and onnxruntime.
 Each backend is one module: `runtime.sessions` (ONNX Runtime), `runtime.openvino_graph`,
@@ -42,16 +42,17 @@ BACKENDS = ("auto", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "
 OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
 
 
-def resolve_backend(backend: str, providers: list | None = None) -> str:
+def resolve_backend(backend: str, providers: list | None = None, reduced_precision: bool = True) -> str:
     """`auto` -> the fastest CPU backend this machine has (`openvino-bf16` or `onnxruntime`); others unchanged.
 
-    With `providers` (an ONNX Runtime setting), `auto` means `onnxruntime`.
+    With `providers` (an ONNX Runtime setting), or without `reduced_precision` (engines of the
+    `exact` profile, `runtime.profiles`), `auto` means `onnxruntime`.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend != "auto":
         return backend
-    return "openvino-bf16" if providers is None and cpu_has_bf16() else "onnxruntime"
+    return "openvino-bf16" if providers is None and reduced_precision and cpu_has_bf16() else "onnxruntime"
 
 
 def open_graph(

@@ -21,6 +21,7 @@ from runtime.backends import open_graph, resolve_backend
 from runtime.bank_files import read_bank_file, write_bank_file
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
 from runtime.manifest import EngineDirError, Manifest
+from runtime.profiles import allows_reduced_precision
 from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, check_threshold
 
 
@@ -88,7 +89,8 @@ class FewShotSegmenter:
                 f"{directory}: the manifest's {len(manifest.diffews.layers)} layers do not match its graphs' bank tensors "
                 f"(support encoder outputs {len(support_out)}, query bank inputs {len(query_bank)}); rebuild the engines"
             )
-        self.backend = resolve_backend(backend, providers)  # what runs the graphs, `auto` resolved
+        # what runs the graphs, `auto` resolved: never bf16 for an `exact` profile
+        self.backend = resolve_backend(backend, providers, allows_reduced_precision(manifest.diffews.profile))
         self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, self.backend, providers, threads)
         self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, self.backend, providers, threads)
         self._support: SupportBank | None = None  # replaced whole, never mutated: concurrent readers see one bank
@@ -106,7 +108,8 @@ class FewShotSegmenter:
 
         Args:
             providers: ONNX Runtime providers for backend "onnxruntime" (default: CPU).
-            backend: "auto" (default: `openvino-bf16` on a CPU with bf16, else `onnxruntime`),
+            backend: "auto" (default: `openvino-bf16` on a CPU with bf16 unless the engines' profile
+                is `exact`, else `onnxruntime`),
                 "onnxruntime", "openvino", "openvino-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt"
                 or "tensorrt" (see `runtime.backends`). "onnxruntime" or "openvino" give the PyTorch
                 pipeline's masks exactly; bf16 moves some edge pixels (docs/benchmarks.md, agreement).

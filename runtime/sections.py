@@ -79,6 +79,8 @@ class DiffewsSection:
             `selection.bank_shots(max_shots)` shots.
         query_encoder: what encodes the query inside the query graph: "vae" (the method's own)
             or "distilled" (a small encoder trained to give the VAE's latent).
+        profile: the build's trade-off (`runtime.profiles`): "exact", "default", "fast" or
+            "custom" (also what engines built before profiles read as).
     """
 
     readout: Readout
@@ -86,6 +88,7 @@ class DiffewsSection:
     layers: tuple[FusedLayer, ...]
     selection: SupportSelection = SupportSelection()
     query_encoder: str = "vae"
+    profile: str = "custom"
 
     @property
     def bank_names(self) -> list[str]:
@@ -104,6 +107,7 @@ class DiffewsSection:
             "layers": [asdict(layer) for layer in self.layers],
             "support_selection": self.selection.to_json(),
             "query_encoder": self.query_encoder,
+            "profile": self.profile,
         }
 
     @classmethod
@@ -115,6 +119,7 @@ class DiffewsSection:
             tuple(FusedLayer(**layer) for layer in data["layers"]),
             SupportSelection.from_json(data.get("support_selection")),  # absent: every token (built before it)
             data.get("query_encoder", "vae"),  # absent: built before there was a choice
+            data.get("profile", "custom"),
         )
 
 

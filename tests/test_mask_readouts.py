@@ -11,7 +11,8 @@ import torch
 
 from benchmarks import latency
 from export import build_engine
-from export.diffews_build import build_diffews, choose_readout
+from export.diffews_build import build_diffews
+from export.profile_parts import choose_parts
 from modeling.diffews_folder import load_diffews, save_diffews
 from modeling.readouts import (
     MaskDecoder,
@@ -158,8 +159,8 @@ def test_the_old_read_out_names_still_work_with_a_note(tiny_with_decoder, tmp_pa
 
 
 def test_auto_read_out_is_the_head_where_the_model_has_one(built, tiny_with_decoder):
-    assert choose_readout("auto", load_diffews(tiny_with_decoder)) == "mask_head"
-    assert choose_readout("auto", load_diffews(built[0])) == "vae"
+    assert choose_parts("default", "auto", "auto", load_diffews(tiny_with_decoder))[0] == "mask_head"
+    assert choose_parts("default", "auto", "auto", load_diffews(built[0]))[0] == "vae"
 
 
 def test_latency_rows_for_every_read_out(built, tiny_with_decoder, tmp_path):

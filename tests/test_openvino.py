@@ -58,6 +58,8 @@ def test_auto_picks_the_fastest_backend_this_machine_has(monkeypatch):
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: True)
     assert resolve_backend("auto") == "openvino-bf16"
     assert resolve_backend("auto", providers=["CPUExecutionProvider"]) == "onnxruntime"
+    assert resolve_backend("auto", reduced_precision=False) == "onnxruntime"  # engines of the exact profile
+    assert resolve_backend("openvino-bf16", reduced_precision=False) == "openvino-bf16"  # asked for by name
     assert resolve_backend("openvino") == "openvino"
     monkeypatch.setattr(backends, "cpu_has_bf16", lambda: False)
     assert resolve_backend("auto") == "onnxruntime"
