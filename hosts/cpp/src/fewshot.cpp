@@ -48,7 +48,7 @@ FewShotSegmenter::FewShotSegmenter(Manifest manifest, const Options& options)
                              " layers do not match its graphs' bank tensors (support encoder outputs " +
                              std::to_string(support_out.size()) + ", query bank inputs " +
                              std::to_string(query_bank.size()) + "); rebuild the engines");
-    backend_ = resolve_backend(options.backend);
+    backend_ = resolve_backend(options.backend, manifest_.profile != "exact");  // exact: the fp32 masks
     support_encoder_ = open_graph(manifest_, kSupportEncoder, backend_, options.threads);
     query_segmenter_ = open_graph(manifest_, kQuerySegmenter, backend_, options.threads);
 }

@@ -41,7 +41,7 @@ std::vector<HostTensor> Graph::run(const std::vector<TensorView>& feed, const Re
     return infer(feed, resident);
 }
 
-std::string resolve_backend(const std::string& backend) {
+std::string resolve_backend(const std::string& backend, bool reduced_precision) {
     const bool known = std::any_of(std::begin(kBackends), std::end(kBackends),
                                    [&](const char* name) { return backend == name; });
     if (!known) {
@@ -50,7 +50,7 @@ std::string resolve_backend(const std::string& backend) {
         throw InputError("unknown backend '" + backend + "'; choose one of " + names + ")");
     }
     if (backend != "auto") return backend;
-    return cpu_has_bf16() ? "openvino-bf16" : "openvino";
+    return reduced_precision && cpu_has_bf16() ? "openvino-bf16" : "openvino";
 }
 
 std::unique_ptr<Graph> open_graph(const Manifest& manifest, const std::string& name, const std::string& backend,

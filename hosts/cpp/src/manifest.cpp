@@ -189,6 +189,13 @@ void read_diffews(const Field& root, Manifest& manifest) {
     manifest.readout.threshold = readout["threshold"].number().value;
     manifest.readout.decoder = readout.has("decoder") ? readout["decoder"].string() : "vae";
     manifest.max_shots = static_cast<int>(root["max_shots"].integer(1));
+    if (root.has("profile")) {  // absent: built before profiles
+        manifest.profile = root["profile"].string();
+        if (manifest.profile != "exact" && manifest.profile != "default" && manifest.profile != "fast" &&
+            manifest.profile != "custom")
+            throw SchemaProblem(root["profile"].path() + ": '" + manifest.profile +
+                                "' is not one of ['exact', 'default', 'fast', 'custom']");
+    }
     if (root.has("support_selection")) {  // absent: every token, as engines built before it
         const Field selection = root["support_selection"];
         manifest.selection.rule = selection["rule"].string();

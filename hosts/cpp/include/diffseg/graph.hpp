@@ -72,8 +72,9 @@ class Graph {
     GraphSpec spec_;
 };
 
-// `auto` -> the fastest CPU backend here (openvino-bf16 or openvino); others checked and unchanged.
-std::string resolve_backend(const std::string& backend);
+// `auto` -> the fastest CPU backend here (openvino-bf16, unless `reduced_precision` is false, or
+// openvino); others checked and unchanged.
+std::string resolve_backend(const std::string& backend, bool reduced_precision = true);
 
 // Does OpenVINO's CPU plugin compute in bf16 on this CPU (AVX512-BF16 or AMX)?
 bool cpu_has_bf16();

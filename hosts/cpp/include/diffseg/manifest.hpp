@@ -134,6 +134,7 @@ struct Manifest {
     int max_shots = 0;  // the largest support set the support encoder is asked to encode
     std::vector<FusedLayer> layers;
     SupportSelection selection;
+    std::string profile = "custom";  // exact / default / fast / custom: `auto` never picks bf16 for exact
     // SLiMe
     std::vector<std::string> class_names;
     Patching patching;
