@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.machine import machine_record
 from modeling.diffews_folder import read_config, source_folder
 from modeling.predictor import TorchFewShotSegmenter
 from runtime.backends import BACKENDS
@@ -149,7 +150,16 @@ def main(argv: list[str] | None = None) -> int:
             write_text(
                 args.json,
                 json.dumps(
-                    {"engines": str(args.engines), "backend": segmenter.backend, "model": str(folder), "rows": rows},
+                    {
+                        "engines": str(args.engines),
+                        "backend": segmenter.backend,
+                        "profile": segmenter.manifest.diffews.profile,
+                        "readout": segmenter.manifest.diffews.readout.decoder,
+                        "query_encoder": segmenter.manifest.diffews.query_encoder,
+                        "model": str(folder),
+                        "machine": machine_record(args.threads),
+                        "rows": rows,
+                    },
                     indent=1,
                 ),
             )

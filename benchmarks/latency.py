@@ -39,6 +39,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.latency_report import assemble, markdown, plot
+from benchmarks.machine import machine_record
 from benchmarks.memory import PeakResident
 from benchmarks.stage_split import openvino_split, profiled_split
 from modeling.diffews import DiffewsModel
@@ -59,7 +60,7 @@ SD21_VARIANTS = (*((readout, "vae") for readout in READOUTS), ("mask_head", "dis
 
 
 def timed(fn, repeats: int, warmup: int) -> dict:
-    """Median, min and max wall time of fn() in ms, after `warmup` untimed calls."""
+    """Median, min, p90 and max wall time of fn() in ms, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -67,7 +68,12 @@ def timed(fn, repeats: int, warmup: int) -> dict:
         start = time.perf_counter()
         fn()
         times.append(1000 * (time.perf_counter() - start))
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times)}
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "p90_ms": float(np.percentile(times, 90)),
+        "max_ms": max(times),
+    }
 
 
 def flops_of(fn) -> int:
@@ -305,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "repeats": args.repeats,
         "peak_gflops": peak,
+        "machine": machine_record(args.threads),
         "rows": assemble(torch_ms, torch_flops, torch_mb, runtimes, peak),
         "runtime_splits": {f"{r['engines']} on {r['backend']}": r["split"] for r in runtimes},
         "peak_memory_mb": {

@@ -103,6 +103,28 @@ def markdown(result: dict) -> str:
             f"{r['gflop_per_query']:.1f} | {100 * r['fraction_of_peak']:.0f} % | {r['support_once_ms']:.0f} | "
             f"{r['peak_extra_mb']:.0f} |"
         )
+    spread = [r for r in result["rows"] if "query" in r.get("spread_ms", {})]
+    if spread:
+        lines += [
+            "",
+            f"Spread of the runtime rows' query graph over {result['repeats']} calls (ms):",
+            "",
+            "| row | p50 | p90 | max | max / p50 |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in spread:
+            q = r["spread_ms"]["query"]
+            p90 = f"{q['p90_ms']:.0f}" if "p90_ms" in q else "-"  # results written before p90 was kept
+            lines.append(
+                f"| {r['row']} | {q['median_ms']:.0f} | {p90} | {q['max_ms']:.0f} | {q['max_ms'] / q['median_ms']:.2f} |"
+            )
+    machine = result.get("machine")
+    if machine:
+        lines += [
+            "",
+            f"Machine: {machine['cpu']}, ISA features {', '.join(machine['isa_features']) or 'none listed'}, "
+            f"{machine['threads']} threads; " + ", ".join(f"{k} {v}" for k, v in machine["libraries"].items()) + ".",
+        ]
     memory = result.get("peak_memory_mb")
     if memory:
         lines += [

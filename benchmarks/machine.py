@@ -42,3 +42,21 @@ def percentiles(latencies_ms: list[float]) -> dict:
         "p99_ms": float(np.percentile(values, 99)),
         "max_ms": float(values.max()),
     }
+
+
+def library_versions() -> dict:
+    """The versions of what the figures depend on: Python, torch, ONNX Runtime, OpenVINO (those installed)."""
+    import importlib.metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "onnxruntime", "openvino"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def machine_record(threads: int | None) -> dict:
+    """What a result records of the machine: CPU model, the ISA features the backends use, threads, libraries."""
+    return {"cpu": cpu_name(), "isa_features": cpu_features(), "threads": threads, "libraries": library_versions()}

@@ -21,7 +21,6 @@ between the two label maps (the worst scene is reported too). Writes `slime-late
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.machine import cpu_features, cpu_name, percentiles
+from benchmarks.machine import machine_record, percentiles
 from benchmarks.report import write_report
 from modeling.slime_embedding import load_slime
 from runtime.backends import BACKENDS
@@ -47,19 +46,6 @@ def label_agreement(want: np.ndarray, got: np.ndarray, num_classes: int) -> tupl
     """(share of pixels with the same label, mean per-class IoU over the classes in `want`)."""
     ious = image_part_ious(got, want, num_classes)
     return float((want == got).mean()), float(np.mean(list(ious.values())))
-
-
-def library_versions() -> dict:
-    import onnxruntime
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
-    try:
-        import openvino
-
-        versions["openvino"] = openvino.get_version()
-    except ImportError:
-        pass
-    return versions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedding": str(args.embedding),
         "resolution": model.resolution,
         "patching": {"per_side": patching.per_side, "patch_size": patching.patch_size},
-        "machine": {
-            "cpu": cpu_name(),
-            "isa_features": cpu_features(),
-            "threads": args.threads,
-            "libraries": library_versions(),
-        },
+        "machine": machine_record(args.threads),
         "calls": args.calls,
         "scenes": args.scenes,
         "latency": latency,
