@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from modeling.diffews import DiffewsModel
-from modeling.diffews_folder import load_diffews, read_config
+from modeling.diffews_folder import load_diffews
 from modeling.imaging import images_to_tensor, masks_to_tensor
 from modeling.readouts import (
     LEARNED_READOUTS,
@@ -54,6 +54,7 @@ from segdata.layouts import ClassFolders, Coco20iFolder
 from segdata.samples import episode_at_size
 from segdata.synthetic import SyntheticFewShot
 from segdata.world import SyntheticWorld
+from train.distil import add_data_arguments, data_fold, distillation_record, fit
 
 GT_SHARE = 0.25  # of the training pairs: latents of ground-truth masks, for cleaner shapes
 
@@ -192,22 +193,13 @@ def train(
 
     `inputs` are what `decoder` takes: latents for a `MaskDecoder`, cached features for a `MaskHead`.
     """
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
-    decoder.train()
-    losses = []
-    for _ in (bar := tqdm(range(steps), desc="mask decoder", unit="step")):
+
+    def batch_loss() -> torch.Tensor:
         index = torch.randint(len(inputs), (batch,))
         pred, target = decoder(inputs[index].float()), decoded[index].float()
-        loss = (pred - target).abs().mean() + threshold_weight * threshold_loss(pred, target, readout)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    return decoder.eval(), float(np.mean(losses[-100:]))
+        return (pred - target).abs().mean() + threshold_weight * threshold_loss(pred, target, readout)
+
+    return fit(decoder, batch_loss, steps, lr, seed, "mask decoder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,14 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         default="mask_head",
         help="the read-out to train, saved in the model folder's sub-folder of that name (default: mask_head)",
     )
-    parser.add_argument(
-        "--data", choices=("synth", "coco20i", "folders"), default="synth",
-        help="episodes the predictions are made on: the synthetic world (default), COCO-20i or class folders",
-    )  # fmt: skip
-    parser.add_argument("--data-root", type=Path, default=None, help="data set folder for coco20i / folders")
-    parser.add_argument(
-        "--fold", type=int, default=None, help="class fold (default: the model's training fold, else 0)"
-    )
+    add_data_arguments(parser, "episodes the predictions are made on")
     parser.add_argument("--samples", type=int, default=4000, help="training latents")
     parser.add_argument("--val", type=int, default=500, help="held-out predictions for the agreement figure")
     parser.add_argument("--steps", type=int, default=6000)
@@ -255,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.time()
     model = load_diffews(args.model)
-    fold = args.fold if args.fold is not None else int(read_config(args.model).get("data", {}).get("fold", 0))
-    trn, val = episode_sources(args.data, args.data_root, fold, model.resolution)
+    trn, val = episode_sources(args.data, args.data_root, data_fold(args), model.resolution)
     if args.evaluate:
         existing = getattr(model, args.kind)
         if existing is None:
@@ -278,15 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     readout = MaskHeadReadout(model.vae, network) if args.kind == "mask_head" else network
     figures = agreement(model, readout, val_latents, val_decoded)
-    info = {
-        "distilled_from": str(args.model),
-        "command": "python -m train.mask_decoder " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "samples": args.samples,
-        "steps": args.steps,
-        "final_loss": round(final_loss, 5),
-        "agreement_held_out": figures,
-        "wall_time_s": {"data": round(data_s, 1), "total": round(time.time() - start, 1)},
-    }
+    info = distillation_record(
+        "train.mask_decoder", argv, args, {"samples": args.samples}, final_loss, figures, data_s, start
+    )
     save_readout(network, out, info)
     print(json.dumps(info, indent=1))
     return 0

@@ -27,12 +27,13 @@ import torch
 from tqdm import tqdm
 
 from modeling.diffews import DiffewsModel
-from modeling.diffews_folder import load_diffews, read_config
+from modeling.diffews_folder import load_diffews
 from modeling.imaging import images_to_tensor
 from modeling.query_encoders import FOLDER, DistilledEncoder, DistilledEncoderConfig, save_query_encoder
 from runtime.cli import refuse_to_overwrite
 from segdata.episodes import EpisodeSampler
 from segdata.metrics import mask_iou
+from train.distil import add_data_arguments, data_fold, distillation_record, fit
 from train.evaluate import IouMeter
 from train.mask_decoder import at_resolution, episode_sources
 
@@ -56,22 +57,13 @@ def train(
     encoder: DistilledEncoder, images: torch.Tensor, latents: torch.Tensor, steps: int, batch: int, lr: float, seed: int
 ):
     """AdamW with a one-cycle schedule on L1 + L2 between the encoder's latents and the VAE's."""
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
-    encoder.train()
-    losses = []
-    for _ in (bar := tqdm(range(steps), desc="query encoder", unit="step")):
+
+    def batch_loss() -> torch.Tensor:
         index = torch.randint(len(images), (batch,))
         error = encoder(images[index].float()) - latents[index]
-        loss = error.abs().mean() + error.square().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    return encoder.eval(), float(np.mean(losses[-100:]))
+        return error.abs().mean() + error.square().mean()
+
+    return fit(encoder, batch_loss, steps, lr, seed, "query encoder")
 
 
 @torch.no_grad()
@@ -107,14 +99,7 @@ def agreement(model: DiffewsModel, sampler: EpisodeSampler, episodes: int, seed:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="DiffewS model folder (the encoder is saved in it)")
-    parser.add_argument(
-        "--data", choices=("synth", "coco20i", "folders"), default="synth",
-        help="images to distil on: the synthetic world (default), COCO-20i or class folders",
-    )  # fmt: skip
-    parser.add_argument("--data-root", type=Path, default=None, help="data set folder for coco20i / folders")
-    parser.add_argument(
-        "--fold", type=int, default=None, help="class fold (default: the model's training fold, else 0)"
-    )
+    add_data_arguments(parser, "images to distil on")
     parser.add_argument("--episodes", type=int, default=1500, help="training episodes (their queries and supports)")
     parser.add_argument("--val", type=int, default=300, help="held-out episodes for the agreement figures")
     parser.add_argument("--shots", type=int, default=1, help="shots per episode (more images per episode)")
@@ -135,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.time()
     model = load_diffews(args.model)
-    fold = args.fold if args.fold is not None else int(read_config(args.model).get("data", {}).get("fold", 0))
-    trn, val = episode_sources(args.data, args.data_root, fold, model.resolution)
+    trn, val = episode_sources(args.data, args.data_root, data_fold(args), model.resolution)
     if args.evaluate:
         if model.query_encoder is None:
             raise SystemExit(f"error: {args.model} has no {FOLDER}/ to evaluate; train one first")
@@ -150,15 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     encoder, final_loss = train(DistilledEncoder(config), images, latents, args.steps, args.batch, args.lr, args.seed)
     model.query_encoder = encoder
     figures = agreement(model, EpisodeSampler(val, args.shots), args.val, args.seed + 2)
-    info = {
-        "distilled_from": str(args.model),
-        "command": "python -m train.query_encoder " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "images": len(images),
-        "steps": args.steps,
-        "final_loss": round(final_loss, 5),
-        "agreement_held_out": figures,
-        "wall_time_s": {"data": round(data_s, 1), "total": round(time.time() - start, 1)},
-    }
+    info = distillation_record(
+        "train.query_encoder", argv, args, {"images": len(images)}, final_loss, figures, data_s, start
+    )
     save_query_encoder(encoder, out, info)
     print(json.dumps(info, indent=1))
     return 0
