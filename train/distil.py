@@ -4,6 +4,8 @@ flags, and the optimisation loop that fits a small network to a frozen teacher's
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,9 +65,6 @@ def distillation_record(
 ) -> dict:
     """What a distilled network's config.json keeps of how it was made: the model, the command line,
     the data (`data`, e.g. {"samples": N}), steps, final loss, held-out figures and wall time."""
-    import sys
-    import time
-
     return {
         "distilled_from": str(args.model),
         "command": f"python -m {command} " + " ".join(argv if argv is not None else sys.argv[1:]),
