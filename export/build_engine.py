@@ -4,6 +4,7 @@
     python -m export.build_engine --model runs/diffews-fold0 --out engines/fold0 --max-shots 5
     python -m export.build_engine --model DIR --out ENGINE_DIR --precision fp16 --optimize
     python -m export.build_engine --out engines/x --tensorrt      # + TensorRT plans, or their build script
+    python -m export.build_engine --out engines/x --query-batch 8  # + a graph taking 1-8 queries per run
     python -m export.build_engine --slime car.safetensors --out engines/car-parts   # SLiMe
 
 A thin layer over `export.diffews_build.build_diffews` and `export.slime_build.build_slime`
@@ -41,6 +42,7 @@ DIFFEWS_ONLY = {
     "--selection": "selection",
     "--selection-budget": "selection_budget",
     "--selection-seed": "selection_seed",
+    "--query-batch": "query_batch",
 }
 SLIME_ONLY = {
     "--base-path": "base_path",
@@ -125,6 +127,13 @@ def parser() -> argparse.ArgumentParser:
         "else 1); the query graph takes at most this many shots",
     )
     diffews.add_argument("--selection-seed", type=int, default=None, help="seed of the uniform rule (0)")
+    diffews.add_argument(
+        "--query-batch",
+        type=int,
+        default=None,
+        help="also build query_batch_segmenter, the query graph taking 1 to N queries of one size per run "
+        "(segment_batch, GPU throughput); it holds its own copy of the query graph's weights. Default: not built",
+    )
 
     slime = p.add_argument_group("SLiMe")
     slime.add_argument(

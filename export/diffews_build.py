@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.diffews_graphs import QuerySegmenter, SupportEncoder, diffews_graph_specs, diffews_rules
+from export.diffews_graphs import (
+    BatchQuerySegmenter,
+    QuerySegmenter,
+    SupportEncoder,
+    diffews_graph_specs,
+    diffews_rules,
+    query_batch_spec,
+)
 from export.engine_dir import (
     BuildLog,
     check_common_arguments,
@@ -39,7 +46,7 @@ from modeling.presets import PRETRAINED_DIR, RANDOM_ARCHS, random_diffews
 from runtime.contract import GraphSpec
 from runtime.manifest import Manifest
 from runtime.profiles import DEFAULT_PROFILE
-from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, DiffewsSection, FusedLayer, Readout
+from runtime.sections import QUERY_BATCH, QUERY_SEGMENTER, SUPPORT_ENCODER, DiffewsSection, FusedLayer, Readout
 from runtime.sessions import OnnxRuntimeGraph
 from runtime.support_selection import DEFAULT_RULE, SupportSelection
 from segdata.episodes import Episode
@@ -70,6 +77,7 @@ def build_diffews(
     selection: str = DEFAULT_RULE,
     selection_budget: int | None = None,
     selection_seed: int = 0,
+    query_batch: int = 0,
 ) -> Path:
     """Builds the engine directory `out` from a DiffewS model; returns its path.
 
@@ -103,11 +111,14 @@ def build_diffews(
             was trained with, from its diffews.json, else 1). The query graph takes at most
             this many shots when the rule reduces, else `max_shots`.
         selection_seed: the "uniform" rule's seed.
+        query_batch: also build `query_batch_segmenter`, the query graph taking 1 to `query_batch`
+            queries of one size per run (0: not built). It holds its own copy of the query
+            graph's weights, on disk and in memory.
     Raises:
         ValueError: an argument out of range; `ParityError` when a graph misses its tolerance;
         `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
     """
-    _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, optimize, tensorrt)
+    _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, optimize, tensorrt, query_batch)
     check_part_names(profile, readout, query_encoder)
     SupportSelection(selection, 1 if selection_budget is None else selection_budget, selection_seed)  # before the load
     if model is not None and random_arch is not None:
@@ -135,6 +146,8 @@ def build_diffews(
         max_side=max_side,
         precision=precision,
     )
+    if query_batch:
+        specs[QUERY_BATCH] = query_batch_spec(specs[QUERY_SEGMENTER], query_batch)
     # the parity runs feed the query graph whole banks: at most the shots it takes
     parity_shots = min(2, support_selection.bank_shots(max_shots))
     samples = held_out_episodes(diffews.resolution, parity_shots, parity_episodes, fold=source["fold"])
@@ -164,7 +177,13 @@ def build_diffews(
     return out
 
 
-def _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, optimize, tensorrt) -> None:
+def _check_arguments(
+    max_shots, resolution, min_side, max_side, parity_episodes, optimize, tensorrt, query_batch
+) -> None:
+    if query_batch != 0 and query_batch < 2:
+        raise ValueError(
+            f"query_batch is the largest batch of queries, at least 2 (0: no batched graph), got {query_batch}"
+        )
     if max_shots < 1:
         raise ValueError(f"max_shots must be at least 1, got {max_shots}")
     if resolution is not None and (resolution < 64 or resolution % 64):
@@ -228,10 +247,19 @@ def _export(model, query: QuerySegmenter, specs, samples, work, log, precision, 
         SUPPORT_ENCODER: (support, support_sample, 0),
         QUERY_SEGMENTER: (query, query_sample, len(bank)),
     }
+    if QUERY_BATCH in specs:  # a sample of 2: a batch of 1 would fix the axis at 1
+        batch_sample = {**query_sample, "images": _tensor(_query_pair(first.query_image))}
+        del batch_sample["image"]
+        modules[QUERY_BATCH] = (BatchQuerySegmenter(query), batch_sample, len(bank))
     return {
         name: export_graph_file(module, specs[name], sample, work, log, precision, optimize, tensorrt, packed)
         for name, (module, sample, packed) in modules.items()
     }
+
+
+def _query_pair(image: np.ndarray) -> np.ndarray:
+    """(2, H, W, 3): a query and its mirror image, the batched graph's sample and parity input."""
+    return np.stack([image, image[:, ::-1]])
 
 
 def _parity(
@@ -240,6 +268,10 @@ def _parity(
     log("parity against PyTorch ...")
     support_graph = OnnxRuntimeGraph(graphs[SUPPORT_ENCODER], specs[SUPPORT_ENCODER], threads=threads)
     query_graph = OnnxRuntimeGraph(graphs[QUERY_SEGMENTER], specs[QUERY_SEGMENTER], threads=threads)
+    batch_graph = None
+    if QUERY_BATCH in graphs:
+        batch_graph = OnnxRuntimeGraph(graphs[QUERY_BATCH], specs[QUERY_BATCH], threads=threads)
+        batch = BatchQuerySegmenter(query)
     support = SupportEncoder(model)
     names = specs[SUPPORT_ENCODER].output_names
     threshold = model.threshold.level
@@ -259,5 +291,11 @@ def _parity(
         with torch.no_grad():
             want = [query(*(_tensor(feed[n]) for n in specs[QUERY_SEGMENTER].input_names)).numpy()]
         rows += compare_outputs(specs[QUERY_SEGMENTER], name, query_graph.run(feed), want)
+        if batch_graph is not None:
+            feed = {**feed, "images": _query_pair(sample.query_image)}
+            del feed["image"]
+            with torch.no_grad():
+                want = [batch(*(_tensor(feed[n]) for n in specs[QUERY_BATCH].input_names)).numpy()]
+            rows += compare_outputs(specs[QUERY_BATCH], name, batch_graph.run(feed), want)
     log(f"parity checked on {len(samples)} episodes")
     return rows

@@ -4,6 +4,8 @@
                       -> key_i, value_i (1, N_i, C_i) float32 for every fused layer i
     query_segmenter:  image (H, W, 3) uint8, threshold () float32, key_i, value_i (S, N_i, C_i)
                       -> mask (H, W) uint8 in {0, 1}
+    query_batch_segmenter (optional, `--query-batch`): images (B, H, W, 3) uint8 of one size,
+                      threshold, the same bank -> masks (B, H, W) uint8
 
 Pre- and post-processing live inside the graphs (any input size, resize to the model resolution,
 VAE encode, mask read-out, resize back), so a host only moves uint8 pixels and bank tensors.
@@ -21,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.resize import image_to_model
+from export.resize import image_to_model, images_to_model
 from modeling.diffews import TIMESTEP, DiffewsModel
 from modeling.kv_fusion import KVBank
 from runtime.contract import GraphSpec, TensorSpec, Tolerance, pixel_spec
-from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, THRESHOLD_RULES, FusedLayer, bank_names
+from runtime.sections import QUERY_BATCH, QUERY_SEGMENTER, SUPPORT_ENCODER, THRESHOLD_RULES, FusedLayer, bank_names
 
 
 def _mask_to_model(mask: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -66,24 +68,62 @@ class QuerySegmenter(nn.Module):
         self.model, self.readout, self.query_encoder = model, readout, query_encoder
 
     def forward(self, image: torch.Tensor, threshold: torch.Tensor, *bank: torch.Tensor) -> torch.Tensor:
+        x = image_to_model(image, self.model.resolution)
+        mask = self.masks(x, threshold, bank, (image.shape[0], image.shape[1]), batched=False)
+        return mask[0].to(torch.uint8)  # cast last: TensorRT keeps uint8 only at a network's edges
+
+    def masks(
+        self, x: torch.Tensor, threshold: torch.Tensor, bank: tuple[torch.Tensor, ...], size, batched: bool
+    ) -> torch.Tensor:
+        """(B, 3, R, R) queries in [-1, 1] against one S-shot bank -> (B, *size) float masks in {0, 1}.
+
+        Args:
+            bank: keys then values of every fused layer, each (S, N, C).
+            size: (H, W), the queries' own size.
+            batched: B is a graph axis: the bank and the empty prompt are expanded to it (with B
+                fixed at 1 they are not, so the single-query graph has no Expand).
+        """
         model = self.model
         names = model.fusion.layer_names
         if len(bank) != 2 * len(names):
             raise ValueError(f"expected {2 * len(names)} bank tensors (keys then values), got {len(bank)}")
+        batch = x.shape[0]
         tokens = [t.reshape(1, -1, t.shape[-1]) for t in bank]  # (S, N, C) -> (1, S*N, C): shot after shot
+        context = model.empty_embedding
+        if batched:  # every query reads the same bank
+            tokens = [t.expand(batch, -1, -1) for t in tokens]
+            context = context.expand(batch, -1, -1)
         kv = KVBank(dict(zip(names, tokens[: len(names)])), dict(zip(names, tokens[len(names) :])), bank[0].shape[0])
-        z_query = model.encode_query(image_to_model(image, model.resolution), self.query_encoder)
+        z_query = model.encode_query(x, self.query_encoder)
         with model.fusion.reading(kv):
-            output = model.unet(z_query, TIMESTEP, encoder_hidden_states=model.empty_embedding).sample
+            output = model.unet(z_query, TIMESTEP, encoder_hidden_states=context).sample
         decoded = model.decode_mask_images(-output, self.readout)
-        x = (decoded.clamp(-1, 1) + 1) / 2  # [1, 3, R, R] in [0, 1]
+        x = (decoded.clamp(-1, 1) + 1) / 2  # [B, 3, R, R] in [0, 1]
         if model.threshold.relative is not None:
-            cut = threshold * x.max()
+            cut = threshold * x.amax(dim=(1, 2, 3), keepdim=True)  # each query's own maximum
         else:
             cut = threshold
-        mask = (x.mean(dim=1, keepdim=True) > cut).float()  # [1, 1, R, R]
-        mask = F.interpolate(mask, size=(image.shape[0], image.shape[1]), mode="nearest")
-        return mask[0, 0].to(torch.uint8)
+        mask = (x.mean(dim=1, keepdim=True) > cut).float()  # [B, 1, R, R]
+        mask = F.interpolate(mask, size=size, mode="nearest")
+        return mask[:, 0]
+
+
+class BatchQuerySegmenter(nn.Module):
+    """B query images of one size, the threshold and one S-shot bank -> their (B, H, W) uint8 masks.
+
+    The batched variant of `QuerySegmenter` (same parts, same bank): one run for many queries of
+    one support set, for GPU throughput and a server's dynamic batching. Query i's mask equals
+    the single-query graph's mask of image i.
+    """
+
+    def __init__(self, query: QuerySegmenter):
+        super().__init__()
+        self.query = query
+
+    def forward(self, images: torch.Tensor, threshold: torch.Tensor, *bank: torch.Tensor) -> torch.Tensor:
+        x = images_to_model(images, self.query.model.resolution)
+        masks = self.query.masks(x, threshold, bank, (images.shape[1], images.shape[2]), batched=True)
+        return masks.to(torch.uint8)
 
 
 # Parity tolerances per precision: (bank tensors, query mask). fp32 graphs must match PyTorch to
@@ -160,6 +200,36 @@ def diffews_graph_specs(
             "query image + S-shot bank -> query mask",
         ),
     }
+
+
+def query_batch_spec(query: GraphSpec, max_batch: int) -> GraphSpec:
+    """The `query_batch_segmenter` descriptor: `query` with a leading batch axis of 1..max_batch on image and mask.
+
+    The bank and threshold inputs are the single-query graph's; the B images share one size.
+    """
+    if max_batch < 2:
+        raise ValueError(f"a batched query graph takes at least 2 queries, got a largest batch of {max_batch}")
+    image, threshold, *bank = query.inputs
+    mask = query.outputs[0]
+
+    def batched(spec: TensorSpec, name: str, doc: str) -> TensorSpec:
+        return TensorSpec(
+            name,
+            spec.dtype,
+            ("batch", *spec.shape),
+            (1, *spec.min_shape),
+            (max_batch, *spec.opt_shape),
+            (max_batch, *spec.max_shape),
+            doc,
+        )
+
+    return GraphSpec(
+        QUERY_BATCH,
+        (batched(image, "images", "query images, RGB, all of one size"), threshold, *bank),
+        (batched(mask, "masks", "each query's mask in {0, 1} at the queries' size"),),
+        query.tolerance,
+        "B query images of one size + one S-shot bank -> their masks",
+    )
 
 
 def diffews_rules(specs: dict[str, GraphSpec], max_shots: int) -> dict:

@@ -44,3 +44,9 @@ def image_to_model(image: torch.Tensor, resolution: int) -> torch.Tensor:
     """
     x = image.float().permute(2, 0, 1)[None] / 127.5 - 1.0
     return resize_antialiased(x, (resolution, resolution))
+
+
+def images_to_model(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, R, R) in [-1, 1]: `image_to_model` on B images of one size at once."""
+    x = images.float().permute(0, 3, 1, 2) / 127.5 - 1.0
+    return resize_antialiased(x, (resolution, resolution))

@@ -4,6 +4,7 @@
     seg.set_support([img_a, img_b], [mask_a, mask_b])   # 2 shots: two support_encoder runs
     seg.save_support("supports/cats.npz")               # a service can precompute banks
     mask = seg.segment(query)                           # (H, W) uint8 in {0, 1}, query_segmenter only
+    masks = seg.segment_batch([q1, q2, q3])             # batched runs where the engines have query_batch_segmenter
 
 Numpy, pillow and onnxruntime (or openvino) only: no torch, no diffusers.
 """
@@ -22,7 +23,7 @@ from runtime.bank_files import read_bank_file, write_bank_file
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
 from runtime.manifest import EngineDirError, Manifest
 from runtime.profiles import allows_reduced_precision
-from runtime.sections import QUERY_SEGMENTER, SUPPORT_ENCODER, check_threshold
+from runtime.sections import QUERY_BATCH, QUERY_SEGMENTER, SUPPORT_ENCODER, check_threshold
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SupportBank:
         arrays: name -> (B, N_l, C_l) float32, read-only: B = S, or the selection's budget when
             the support set was larger (`runtime.support_selection`).
         resident: the same tensors where the query graph reads them (`Graph.upload`).
+        batch_resident: the same for the batched query graph, where the engines have one (else empty).
         shots: S, the support shots encoded.
         selection: how its tokens were kept: "all", or the rule that reduced them
             (`SupportSelection.describe`); a saved bank records it.
@@ -46,6 +48,7 @@ class SupportBank:
     host_bytes: int = 0
     selection: str = "all"
     owner: object = field(default=None, compare=False, repr=False)
+    batch_resident: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def bank_shots(self) -> int:
@@ -83,16 +86,22 @@ class FewShotSegmenter:
         self.bank_names = manifest.diffews.bank_names
         self.selection = manifest.diffews.selection
         support_out = manifest.graph(SUPPORT_ENCODER).spec.output_names
-        query_bank = [n for n in manifest.graph(QUERY_SEGMENTER).spec.input_names if n not in ("image", "threshold")]
-        if support_out != self.bank_names or query_bank != self.bank_names:  # checked before the slow compile
-            raise EngineDirError(
-                f"{directory}: the manifest's {len(manifest.diffews.layers)} layers do not match its graphs' bank tensors "
-                f"(support encoder outputs {len(support_out)}, query bank inputs {len(query_bank)}); rebuild the engines"
-            )
+        query_graphs = [QUERY_SEGMENTER] + ([QUERY_BATCH] if QUERY_BATCH in manifest.graphs else [])
+        for name in query_graphs:
+            query_bank = manifest.graph(name).spec.input_names[2:]  # after the image(s) and the threshold
+            if support_out != self.bank_names or query_bank != self.bank_names:  # checked before the slow compile
+                raise EngineDirError(
+                    f"{directory}: the manifest's {len(manifest.diffews.layers)} layers do not match its graphs' bank "
+                    f"tensors (support encoder outputs {len(support_out)}, {name} bank inputs {len(query_bank)}); "
+                    "rebuild the engines"
+                )
         # what runs the graphs, `auto` resolved: never bf16 for an `exact` profile
         self.backend = resolve_backend(backend, providers, allows_reduced_precision(manifest.diffews.profile))
         self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, self.backend, providers, threads)
         self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, self.backend, providers, threads)
+        self.query_batch = None  # the batched query graph, where the engines were built with --query-batch
+        if QUERY_BATCH in manifest.graphs:
+            self.query_batch = open_graph(self.directory, manifest, QUERY_BATCH, self.backend, providers, threads)
         self._support: SupportBank | None = None  # replaced whole, never mutated: concurrent readers see one bank
 
     @classmethod
@@ -224,8 +233,12 @@ class FewShotSegmenter:
             arrays[name] = array
         resident = self.query_segmenter.upload(arrays)
         host_bytes = sum(a.nbytes for a in arrays.values()) + self.query_segmenter.resident_host_bytes(resident)
+        batch_resident = {}
+        if self.query_batch is not None:
+            batch_resident = self.query_batch.upload(arrays)
+            host_bytes += self.query_batch.resident_host_bytes(batch_resident)
         shots = bank_shots if shots is None else shots
-        return SupportBank(arrays, resident, shots, host_bytes, selection, owner=self)
+        return SupportBank(arrays, resident, shots, host_bytes, selection, owner=self, batch_resident=batch_resident)
 
     @property
     def bank(self) -> dict[str, np.ndarray]:
@@ -273,6 +286,13 @@ class FewShotSegmenter:
         return support
 
     # ------------------------------------------------------------------ queries
+    @property
+    def max_query_batch(self) -> int:
+        """The most queries one run takes: the batched query graph's largest batch, else 1."""
+        if self.query_batch is None:
+            return 1
+        return self.query_batch.spec.inputs[0].max_shape[0]
+
     def segment(
         self, query: ImageLike, threshold: float | None = None, support: SupportBank | None = None
     ) -> np.ndarray:
@@ -285,21 +305,65 @@ class FewShotSegmenter:
                 `rules.threshold`), relative to the decoded mask's maximum or absolute, as the
                 manifest's `readout.mode` says.
         """
+        support = self._support_for(support)  # read once: a concurrent set_support cannot change it mid-call
+        cut = self._cut(threshold)
+        feed = {"image": self._query_image(query, "query"), "threshold": cut}
+        return self.query_segmenter.run(feed, resident=support.resident)[0]
+
+    def segment_batch(
+        self, queries: Sequence[ImageLike], threshold: float | None = None, support: SupportBank | None = None
+    ) -> list[np.ndarray]:
+        """Masks of several queries against one support set, in order, each (H_i, W_i) uint8 at its own size.
+
+        With a batched query graph (`build_engine --query-batch N`), queries of one size run
+        together, up to N per run; each mask equals `segment`'s of that query. Without one, or
+        for a size only one query has, the queries run one by one. Every query is read and
+        checked before any runs: a bad one raises ValueError naming its index, and nothing runs.
+
+        Args:
+            threshold, support: as for `segment`, the same for every query.
+        """
+        if isinstance(queries, SINGLE_IMAGE_TYPES):
+            raise ValueError("segment_batch takes a list of queries; for one image call segment(image)")
+        support = self._support_for(support)
+        cut = self._cut(threshold)
+        images = [self._query_image(q, f"query {i}") for i, q in enumerate(as_image_list(queries, "queries"))]
+        masks: list[np.ndarray | None] = [None] * len(images)
+        for run in self._batch_runs(images):
+            if len(run) == 1:
+                feed = {"image": images[run[0]], "threshold": cut}
+                masks[run[0]] = self.query_segmenter.run(feed, resident=support.resident)[0]
+                continue
+            feed = {"images": np.stack([images[i] for i in run]), "threshold": cut}
+            for i, mask in zip(run, self.query_batch.run(feed, resident=support.batch_resident)[0]):
+                masks[i] = mask
+        return masks
+
+    def _batch_runs(self, images: list[np.ndarray]) -> list[list[int]]:
+        """Indices of `images` grouped into runs: one size per run, at most `max_query_batch` each, in order."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(image.shape[:2], []).append(i)
+        step = self.max_query_batch
+        return [same[k : k + step] for same in by_size.values() for k in range(0, len(same), step)]
+
+    def _support_for(self, support: SupportBank | None) -> SupportBank:
+        """`support` checked to be one of this segmenter's banks, or the cached one when None."""
         if support is None:
-            support = self._require_support()  # read once: a concurrent set_support cannot change it mid-call
-        elif not isinstance(support, SupportBank) or support.owner is not self:
+            return self._require_support()
+        if not isinstance(support, SupportBank) or support.owner is not self:
             raise ValueError(
                 "support must be a SupportBank from this segmenter's encode_support or read_support, got "
                 + ("one made by another segmenter" if isinstance(support, SupportBank) else type(support).__name__)
             )
-        cut = self.threshold if threshold is None else check_threshold(threshold, self.rules["threshold"])
-        image = load_image(query, "query")
-        self.check_image(image, "query")
-        feed = {"image": image, "threshold": np.array(cut, dtype=np.float32)}
-        return self.query_segmenter.run(feed, resident=support.resident)[0]
+        return support
 
-    def segment_batch(self, queries: Sequence[ImageLike], threshold: float | None = None) -> list[np.ndarray]:
-        """Masks of several queries against the cached support set (each at its own size)."""
-        if isinstance(queries, SINGLE_IMAGE_TYPES):
-            raise ValueError("segment_batch takes a list of queries; for one image call segment(image)")
-        return [self.segment(q, threshold) for q in as_image_list(queries, "queries")]
+    def _cut(self, threshold: float | None) -> np.ndarray:
+        """The read-out threshold to feed: the manifest's, or `threshold` checked against its rules."""
+        cut = self.threshold if threshold is None else check_threshold(threshold, self.rules["threshold"])
+        return np.array(cut, dtype=np.float32)
+
+    def _query_image(self, query: ImageLike, what: str) -> np.ndarray:
+        image = load_image(query, what)
+        self.check_image(image, what)
+        return image

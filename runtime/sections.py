@@ -19,6 +19,8 @@ from runtime.support_selection import SupportSelection, layer_grid
 # DiffewS: the two graphs, cut at the support K/V bank.
 SUPPORT_ENCODER = "support_encoder"
 QUERY_SEGMENTER = "query_segmenter"
+# Optional: the query graph with a batch axis (B queries of one size against one bank per run).
+QUERY_BATCH = "query_batch_segmenter"
 # SLiMe: one graph per embedding file.
 PART_SEGMENTER = "part_segmenter"
 

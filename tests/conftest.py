@@ -12,6 +12,7 @@ SLOW_FIXTURES = {
     "selected_engines",
     "built",
     "shipped_engines",
+    "batched_engines",
     "slime_engines",
     "tiny_with_decoder",
     "segmenters",
@@ -69,6 +70,18 @@ def shipped_engines(tmp_path_factory):
 
     engines = tmp_path_factory.mktemp("shipped") / "engines"
     return build_diffews(engines, max_shots=2, parity_episodes=1, max_side=512)
+
+
+BATCHED_MAX_QUERIES = 3
+
+
+@pytest.fixture(scope="session")
+def batched_engines(tmp_path_factory):
+    """Engines of the shipped synth DiffewS model with the batched query graph (1 to 3 queries per run)."""
+    from export.diffews_build import build_diffews
+
+    engines = tmp_path_factory.mktemp("batched") / "engines"
+    return build_diffews(engines, max_shots=2, parity_episodes=1, max_side=512, query_batch=BATCHED_MAX_QUERIES)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,11 @@
 | segment | support_id BYTES (1,); image UINT8 (H, W, 3) or image_file BYTES (1,); threshold FP32 (1,), optional | mask UINT8 (H, W) |
 | segment_parts_NAME | image UINT8 (H, W, 3) or image_file BYTES (1,) | labels UINT8 (H, W), class_names BYTES (K,) |
 
-No dynamic batching: the query graph runs one query per call (a batched query graph is
-issue 23's item 5), so on a CPU grouping requests buys nothing over running them side by
-side; concurrency comes from `instances` model instances sharing one thread-safe segmenter.
+No dynamic batching: each request runs the single-query graph. Engines built with
+`--query-batch` have a batched one, but requests would have to share a support set and a size
+to use it, and on a CPU it bought 2x at best (ONNX Runtime) and lost on OpenVINO
+(docs/benchmarks.md, batched queries); concurrency comes from `instances` model instances
+sharing one thread-safe segmenter.
 """
 
 from __future__ import annotations
