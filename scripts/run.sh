@@ -20,7 +20,7 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 # The versions CI verified (constraints.txt); a newer release of any dependency arrives only when
 # that file is refreshed after a green run.
-python -m pip install -q -c constraints.txt -e ".[train,export,runtime,dev]"
+python -m pip install -q -c constraints.txt -e ".[train,export,runtime,quantize,dev]"
 
 if [[ "$what" == "demo" ]]; then
   python scripts/demo.py --out demo_out
