@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.agreement import mixed_size_episodes
-from benchmarks.machine import machine_record, percentiles
+from benchmarks.machine import machine_line, machine_record, percentiles
 from benchmarks.report import write_report
 from export.quantize import STAGES, calibration_feeds, quantize_query_graph
 from runtime.fewshot import FewShotSegmenter
@@ -85,12 +85,10 @@ def latencies(compiled: dict, feed: dict, calls: int) -> dict:
 
 
 def markdown(result: dict) -> str:
-    machine = result["machine"]
     lines = [
         f"int8 query graph of `{result['engines']}` ({result['resolution']} px model), NNCF {result['nncf']} "
         f"post-training quantization, {result['calibration']} training-category calibration episodes; "
-        f"{machine['cpu']} ({', '.join(machine['isa_features']) or 'no AVX-512 / VNNI / AMX'}), "
-        f"{result['threads']} threads, OpenVINO CPU.",
+        f"{machine_line(result['machine'])}, OpenVINO CPU.",
         "",
         f"Agreement with the fp32 graph over {result['episodes']} held-out 1-shot episodes of mixed sizes, and "
         "mIoU against the ground truth (fp32: "

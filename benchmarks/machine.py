@@ -60,3 +60,9 @@ def library_versions() -> dict:
 def machine_record(threads: int | None) -> dict:
     """What a result records of the machine: CPU model, the ISA features the backends use, threads, libraries."""
     return {"cpu": cpu_name(), "isa_features": cpu_features(), "threads": threads, "libraries": library_versions()}
+
+
+def machine_line(record: dict) -> str:
+    """A `machine_record` in words for a report's first line: "AMD EPYC (avx2, ...), 2 threads"."""
+    features = ", ".join(record["isa_features"]) or "none of the listed ISA features"
+    return f"{record['cpu']} ({features}), {record['threads']} threads"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import machine_record, percentiles
+from benchmarks.machine import machine_line, machine_record, percentiles
 from benchmarks.report import write_report
 from runtime.backends import BACKENDS
 from runtime.fewshot import FewShotSegmenter
@@ -58,10 +58,9 @@ def batch_rows(segmenter: FewShotSegmenter, queries: list[np.ndarray], batches: 
 
 
 def markdown(result: dict) -> str:
-    machine = result["machine"]
     lines = [
         f"Batched query graph `{result['engines']}` ({result['resolution']} px model, {result['shots']} shot), "
-        f"{machine['cpu']} ({', '.join(machine['isa_features']) or 'no extra ISA'}), {result['threads']} threads; "
+        f"{machine_line(result['machine'])}; "
         f"{result['calls']} interleaved calls per batch size after a warm-up.",
         "",
         "| backend | B | call p50 ms | p90 ms | max ms | ms per query (p50) | queries/s | throughput vs B = "

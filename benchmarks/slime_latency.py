@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.machine import machine_record, percentiles
+from benchmarks.machine import machine_line, machine_record, percentiles
 from benchmarks.report import write_report
 from modeling.slime_embedding import load_slime
 from runtime.backends import BACKENDS
@@ -132,10 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(result: dict) -> str:
-    machine = result["machine"]
     lines = [
-        f"SLiMe part segmenter `{result['engines']}` ({result['resolution']} px model), {machine['cpu']} "
-        f"({', '.join(machine['isa_features']) or 'no listed ISA features'}), {machine['threads']} threads; "
+        f"SLiMe part segmenter `{result['engines']}` ({result['resolution']} px model), "
+        f"{machine_line(result['machine'])}; "
         f"{result['calls']} interleaved calls per row and size after a warm-up.",
         "",
         "| size | row | p50 ms | p90 ms | max ms | speed-up (p50) |",
