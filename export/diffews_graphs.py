@@ -100,7 +100,9 @@ class QuerySegmenter(nn.Module):
         decoded = model.decode_mask_images(-output, self.readout)
         x = (decoded.clamp(-1, 1) + 1) / 2  # [B, 3, R, R] in [0, 1]
         if model.threshold.relative is not None:
-            cut = threshold * x.amax(dim=(1, 2, 3), keepdim=True)  # each query's own maximum
+            # each query's own maximum; one query keeps the axis-free ReduceMax, since ONNX Runtime's
+            # symbolic shape inference (what --optimize's fusions need) cannot read one with axes
+            cut = threshold * (x.amax(dim=(1, 2, 3), keepdim=True) if batched else x.max())
         else:
             cut = threshold
         mask = (x.mean(dim=1, keepdim=True) > cut).float()  # [B, 1, R, R]
