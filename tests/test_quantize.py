@@ -57,3 +57,45 @@ def test_bad_arguments_are_refused_before_any_work(built):
         quantize_query_graph(graph, [{}], ["decoder"])
     with pytest.raises(ValueError, match="calibration"):
         quantize_query_graph(graph, [], ["unet"])
+
+
+def test_the_int8_report_sets_every_row_against_fp32_and_bf16():
+    from benchmarks.int8 import markdown
+
+    agreement = {
+        "mean_iou": 0.99,
+        "min_iou": 0.9,
+        "worst_size": "96x160",
+        "worst_size_mean_iou": 0.98,
+        "fp32_miou": 52.6,
+        "candidate_miou": 52.5,
+    }
+    result = {
+        "engines": "engines/e",
+        "resolution": 128,
+        "nncf": "3.4.0",
+        "calibration": 32,
+        "episodes": 100,
+        "calls": 10,
+        "precision": "bf16",
+        "machine": {"cpu": "a CPU", "isa_features": ["amx_int8"], "threads": 2},
+        "variants": {name: {"agreement": agreement, "quantize_s": 1.0} for name in ("bf16", "readout")},
+        "latency": {
+            name: {"p50_ms": p50, "p90_ms": p50, "max_ms": p50}
+            for name, p50 in (("fp32", 100.0), ("bf16", 50.0), ("readout", 40.0))
+        },
+    }
+    text = markdown(result)
+    assert "speed-up vs fp32 (p50) | speed-up vs bf16 (p50)" in text
+    assert "| readout | 40.0 | 40.0 | 40.0 | 2.50x | 1.25x |" in text
+    assert "| bf16 | 0.9900 | 96x160: 0.9800 | 0.9000 | 52.5 | 1 |" in text
+
+
+def test_bf16_is_refused_on_a_cpu_without_it(tmp_path, monkeypatch, capsys):
+    import benchmarks.int8
+
+    monkeypatch.setattr(benchmarks.int8, "cpu_has_bf16", lambda: False)
+    with pytest.raises(SystemExit):
+        benchmarks.int8.main(["--engines", str(tmp_path), "--precision", "bf16", "--out", str(tmp_path / "out")])
+    assert "this CPU has no bf16 instructions" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
