@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import open_graph, resolve_backend
+from runtime.backends import OPENVINO_PRECISIONS, open_graph, resolve_backend
 from runtime.bank_files import read_bank_file, write_bank_file
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
-from runtime.manifest import EngineDirError, Manifest
+from runtime.manifest import EngineDirError, GraphEntry, Manifest
 from runtime.profiles import allows_reduced_precision
 from runtime.sections import QUERY_BATCH, QUERY_SEGMENTER, SUPPORT_ENCODER, check_threshold
 
@@ -54,6 +54,16 @@ class SupportBank:
     def bank_shots(self) -> int:
         """B, the shots' worth of tokens the query graph reads."""
         return next(iter(self.arrays.values())).shape[0]
+
+
+def batches_reproduce_single_runs(backend: str, entry: GraphEntry) -> bool:
+    """Whether the batched query graph gives each query the mask `segment` gives it on `backend`.
+
+    Not in bf16: OpenVINO's bf16 kernels round differently with the batch, so a query's mask
+    would depend on which queries shared its run (seen on an AMX Xeon). There `segment_batch`
+    runs the queries one by one; OpenVINO did not gain from batches on a CPU anyway.
+    """
+    return not (entry.reduced_precision and OPENVINO_PRECISIONS.get(backend, "f32") != "f32")
 
 
 class FewShotSegmenter:
@@ -100,7 +110,7 @@ class FewShotSegmenter:
         self.support_encoder = open_graph(self.directory, manifest, SUPPORT_ENCODER, self.backend, providers, threads)
         self.query_segmenter = open_graph(self.directory, manifest, QUERY_SEGMENTER, self.backend, providers, threads)
         self.query_batch = None  # the batched query graph, where the engines were built with --query-batch
-        if QUERY_BATCH in manifest.graphs:
+        if QUERY_BATCH in manifest.graphs and batches_reproduce_single_runs(self.backend, manifest.graph(QUERY_BATCH)):
             self.query_batch = open_graph(self.directory, manifest, QUERY_BATCH, self.backend, providers, threads)
         self._support: SupportBank | None = None  # replaced whole, never mutated: concurrent readers see one bank
 
@@ -316,8 +326,9 @@ class FewShotSegmenter:
         """Masks of several queries against one support set, in order, each (H_i, W_i) uint8 at its own size.
 
         With a batched query graph (`build_engine --query-batch N`), queries of one size run
-        together, up to N per run; each mask equals `segment`'s of that query. Without one, or
-        for a size only one query has, the queries run one by one. Every query is read and
+        together, up to N per run; each mask equals `segment`'s of that query. Without one, on
+        `openvino-bf16` (`batches_reproduce_single_runs`), or for a size only one query has, the
+        queries run one by one. Every query is read and
         checked before any runs: a bad one raises ValueError naming its index, and nothing runs.
 
         Args:
