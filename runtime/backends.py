@@ -33,7 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime.graph import Graph, check_threads
-from runtime.manifest import EngineDirError, Manifest
+from runtime.manifest import EngineDirError, GraphEntry, Manifest
 from runtime.openvino_graph import OpenVinoGraph, cpu_has_bf16
 from runtime.sessions import OnnxRuntimeGraph, onnxruntime_providers
 from runtime.tensorrt_graph import TensorRTGraph
@@ -53,6 +53,12 @@ def resolve_backend(backend: str, providers: list | None = None, reduced_precisi
     if backend != "auto":
         return backend
     return "openvino-bf16" if providers is None and reduced_precision and cpu_has_bf16() else "onnxruntime"
+
+
+def openvino_precision(backend: str, entry: GraphEntry) -> str:
+    """The arithmetic graph `entry` runs in on an OpenVINO `backend`: `openvino-bf16`'s bf16 only for
+    the graphs the manifest allows it (`reduced_precision`), f32 otherwise."""
+    return OPENVINO_PRECISIONS[backend] if entry.reduced_precision else "f32"
 
 
 def open_graph(
@@ -84,8 +90,7 @@ def open_graph(
     if providers is not None and backend != "onnxruntime":
         raise ValueError(f"providers= applies to backend 'onnxruntime' only; backend {backend!r} sets its own")
     if backend in OPENVINO_PRECISIONS:
-        precision = OPENVINO_PRECISIONS[backend] if entry.reduced_precision else "f32"
-        return OpenVinoGraph(directory / entry.file, entry.spec, precision, threads)
+        return OpenVinoGraph(directory / entry.file, entry.spec, openvino_precision(backend, entry), threads)
     if providers is None:
         providers = onnxruntime_providers(backend, entry.spec, directory, fp16)
     return OnnxRuntimeGraph(directory / entry.file, entry.spec, list(providers), threads)

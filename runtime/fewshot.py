@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import OPENVINO_PRECISIONS, open_graph, resolve_backend
+from runtime.backends import OPENVINO_PRECISIONS, open_graph, openvino_precision, resolve_backend
 from runtime.bank_files import read_bank_file, write_bank_file
 from runtime.images import SINGLE_IMAGE_TYPES, ImageLike, as_image_list, check_pair, load_image, load_mask
 from runtime.manifest import EngineDirError, GraphEntry, Manifest
@@ -63,7 +63,7 @@ def batches_reproduce_single_runs(backend: str, entry: GraphEntry) -> bool:
     would depend on which queries shared its run (seen on an AMX Xeon). There `segment_batch`
     runs the queries one by one; OpenVINO did not gain from batches on a CPU anyway.
     """
-    return not (entry.reduced_precision and OPENVINO_PRECISIONS.get(backend, "f32") != "f32")
+    return backend not in OPENVINO_PRECISIONS or openvino_precision(backend, entry) == "f32"
 
 
 class FewShotSegmenter:
@@ -328,8 +328,8 @@ class FewShotSegmenter:
         With a batched query graph (`build_engine --query-batch N`), queries of one size run
         together, up to N per run; each mask equals `segment`'s of that query. Without one, on
         `openvino-bf16` (`batches_reproduce_single_runs`), or for a size only one query has, the
-        queries run one by one. Every query is read and
-        checked before any runs: a bad one raises ValueError naming its index, and nothing runs.
+        queries run one by one. Every query is read and checked before any runs: a bad one
+        raises ValueError naming its index, and nothing runs.
 
         Args:
             threshold, support: as for `segment`, the same for every query.
