@@ -16,7 +16,8 @@ Stages: `support` (per query in `reference`, once otherwise), `query_encode`, `q
 PyTorch stages are timed one by one; the runtime's query graph is timed whole and split by
 stage with ONNX Runtime's profiler or OpenVINO's per-node counters (each exported node's name
 scope tells its stage). Medians after warm-up, with min and max; ratios against `reference`
-come from this same run.
+come from this same run. Each runtime row runs in a fresh process that never loads torch, as the
+runtime is deployed (`benchmarks.latency_runtime`); `--in-process` measures them here instead.
 FLOPs per stage are counted with `torch.utils.flop_counter` and set against the machine's peak,
 measured in the same run with a large fp32 matmul. Peak memory per stage is the resident set
 above the level at the stage's start (`benchmarks.memory`): per PyTorch stage, and per graph run
@@ -29,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,41 +38,27 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.latency_report import assemble, markdown, plot
+from benchmarks.latency_runtime import (
+    measure_runtime,
+    measure_runtime_in_fresh_process,
+    peak_extra_mb,
+    sample_episode,
+    timed,
+)
 from benchmarks.machine import machine_record
-from benchmarks.memory import PeakResident
-from benchmarks.stage_split import openvino_split, profiled_split
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, source_folder
 from modeling.presets import RANDOM_ARCHS, ModelFolderError, random_diffews
-from runtime.backends import BACKENDS, OPENVINO_PRECISIONS
+from runtime.backends import BACKENDS
 from runtime.cli import refuse_to_overwrite
-from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from runtime.manifest import EngineDirError, Manifest
 from runtime.openvino_graph import cpu_has_bf16
 from runtime.sections import READOUTS
-from segdata.samples import held_out_episodes
 
 SD21_ENGINES = Path("engines/sd21-random")
 # (read-out, query encoder) of the SD 2.1 engines `--arch sd21` measures
 SD21_VARIANTS = (*((readout, "vae") for readout in READOUTS), ("mask_head", "distilled"), ("mask_decoder", "distilled"))
-
-
-def timed(fn, repeats: int, warmup: int) -> dict:
-    """Median, min, p90 and max wall time of fn() in ms, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return {
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "p90_ms": float(np.percentile(times, 90)),
-        "max_ms": max(times),
-    }
 
 
 def flops_of(fn) -> int:
@@ -146,13 +131,6 @@ def torch_stages(model: DiffewsModel, support: tuple[np.ndarray, np.ndarray], qu
     return stages
 
 
-def peak_extra_mb(fn) -> float:
-    """The resident memory `fn()` needs above what the process holds when it starts, in MB."""
-    with PeakResident() as peak:
-        fn()
-    return peak.extra_mb
-
-
 def measure_torch(model, episode, repeats: int, warmup: int) -> tuple[dict, dict, dict]:
     """Per-stage timings, FLOPs and peak memory (MB) of the PyTorch pipeline (both support variants)."""
     stages = torch_stages(model, *episode)
@@ -164,51 +142,6 @@ def measure_torch(model, episode, repeats: int, warmup: int) -> tuple[dict, dict
             memory[name] = peak_extra_mb(fn)
             print(f"  torch {name}: {timings[name]['median_ms']:.1f} ms, {memory[name]:.0f} MB", flush=True)
     return timings, flops, memory
-
-
-# --------------------------------------------------------------------------- runtime row
-def _time_runtime(
-    engines: Path, backend: str, episode, repeats: int, warmup: int, threads: int | None
-) -> tuple[dict, dict, dict]:
-    """(support timing, query timing, the query graph's feed) with a FewShotSegmenter on `backend`."""
-    segmenter = FewShotSegmenter.from_dir(engines, threads=threads, verify=False, backend=backend)
-    (image, mask), query = episode
-    # Memory on the first runs: ONNX Runtime's arena (and OpenVINO's memory pool) grows to what a
-    # graph needs then keeps it, so later runs show no growth although they use the same memory.
-    memory = {
-        "support": peak_extra_mb(lambda: segmenter.set_support(image, mask)),
-        "query": peak_extra_mb(lambda: segmenter.segment(query)),
-    }
-    support = timed(lambda: segmenter.set_support(image, mask), repeats, warmup)
-    query_ms = timed(lambda: segmenter.segment(query), repeats, warmup + 1)  # ORT: the 2nd run is still slow
-    support["peak_extra_mb"], query_ms["peak_extra_mb"] = memory["support"], memory["query"]
-    feed = {"image": query, "threshold": np.array(segmenter.threshold, np.float32), **segmenter.bank}
-    return support, query_ms, feed
-
-
-def measure_runtime(engines: Path, backend: str, episode, repeats: int, warmup: int, threads: int | None) -> dict:
-    # The segmenter's graphs are freed before the profiling run loads the query graph again.
-    support, query, feed = _time_runtime(engines, backend, episode, repeats, warmup, threads)
-    diffews = Manifest.read(engines, verify=False).diffews
-    decoder, encoder = diffews.readout.decoder, diffews.query_encoder
-    print(
-        f"  runtime ({engines}, {encoder} encoder, {decoder}, {backend}) support {support['median_ms']:.1f} ms, "
-        f"query {query['median_ms']:.1f} ms, {query['peak_extra_mb']:.0f} MB",
-        flush=True,
-    )
-    if backend in OPENVINO_PRECISIONS:
-        split = openvino_split(engines, feed, threads, OPENVINO_PRECISIONS[backend])
-    else:
-        split = profiled_split(engines, feed, threads)
-    return {
-        "engines": str(engines),
-        "backend": backend,
-        "decoder": decoder,
-        "query_encoder": encoder,
-        "support": support,
-        "query": query,
-        "split": split,
-    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -229,12 +162,6 @@ def load_models(engines: list[Path]) -> tuple[DiffewsModel, Manifest]:
         return load_diffews(source_folder(manifest.model)), manifest
     except ModelFolderError as err:
         raise SystemExit(f"error: {engines}: {err}") from err
-
-
-def sample_episode(resolution: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """One held-out synthetic 1-shot episode at the model resolution: ((image, mask), query)."""
-    (episode,) = held_out_episodes(resolution, 1, 1, seed=3, pool=60, world_seed=0)
-    return (episode.support_images[0], episode.support_masks[0].astype(np.uint8)), episode.query_image
 
 
 def sd21_engines(readout: str, query_encoder: str = "vae") -> Path:
@@ -284,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: onnxruntime, openvino, and openvino-bf16 where the CPU has bf16)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure the runtime rows in this process, after the PyTorch rows (by default each runs in a "
+        "fresh process without torch, as the runtime is deployed; see benchmarks.latency_runtime)",
+    )
     args = parser.parse_args(argv)
     outputs = [args.out / f"latency.{ext}" for ext in ("json", "md", "png")]
     refuse_to_overwrite(outputs, args.overwrite)
@@ -299,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_gflops()
     torch_ms, torch_flops, torch_mb = measure_torch(model, episode, args.repeats, args.warmup)
     del model  # the runtime's sessions need the memory at SD 2.1 size
+    measure_row = measure_runtime if args.in_process else measure_runtime_in_fresh_process
     runtimes = [
-        measure_runtime(e, backend, episode, args.repeats, args.warmup, args.threads)
+        measure_row(e, backend, args.repeats, args.warmup, args.threads)
         for e in args.engines
         for backend in args.backends
     ]
@@ -312,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "peak_gflops": peak,
         "machine": machine_record(args.threads),
+        "runtime_process": "this process, after the PyTorch rows"
+        if args.in_process
+        else "a fresh one per row, without torch",
         "rows": assemble(torch_ms, torch_flops, torch_mb, runtimes, peak),
         "runtime_splits": {f"{r['engines']} on {r['backend']}": r["split"] for r in runtimes},
+        "runtime_processes": {f"{r['engines']} on {r['backend']}": r["process"] for r in runtimes},
         "peak_memory_mb": {
             "torch": torch_mb,
             "runtime": {

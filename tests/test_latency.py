@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -42,6 +45,11 @@ def test_latency_rows_stages_and_outputs(built, tmp_path):
     for split in result["runtime_splits"].values():
         assert sum(split.values()) == pytest.approx(1.0)
         assert split["query_encode"] > 0 and split["query_unet"] > 0 and split["readout"] > 0
+    # Each runtime row ran in a process of its own that never loaded torch, as the runtime is deployed.
+    assert result["runtime_process"] == "a fresh one per row, without torch"
+    processes = list(result["runtime_processes"].values())
+    assert len({p["pid"] for p in processes} | {os.getpid()}) == 3
+    assert not any(p["torch_loaded"] for p in processes)
     assert "| onnxruntime |" in (out / "latency.md").read_text()
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="--overwrite"):
@@ -66,3 +74,10 @@ def test_a_missing_engine_directory_is_one_line_not_a_traceback(tmp_path, capsys
             benchmark.main(["--engines", str(tmp_path / "nowhere")])
         assert exit_info.value.code == EXIT_ENGINES, benchmark.__name__
         assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nowhere'} is not an engine directory")
+
+
+def test_the_runtime_row_module_never_imports_torch():
+    """The runtime rows' processes stand for a deployment, which has no torch: their module must not pull it in."""
+    code = "import sys, benchmarks.latency_runtime; print('torch' in sys.modules)"
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert finished.stdout.strip() == "False"
