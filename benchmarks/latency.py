@@ -50,7 +50,7 @@ from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, source_folder
 from modeling.presets import RANDOM_ARCHS, ModelFolderError, random_diffews
 from runtime.backends import BACKENDS
-from runtime.cli import refuse_to_overwrite
+from runtime.cli import refuse_to_overwrite, reporting_errors
 from runtime.files import write_text
 from runtime.manifest import EngineDirError, Manifest
 from runtime.openvino_graph import cpu_has_bf16
@@ -233,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     torch_ms, torch_flops, torch_mb = measure_torch(model, episode, args.repeats, args.warmup)
     del model  # the runtime's sessions need the memory at SD 2.1 size
     measure_row = measure_runtime if args.in_process else measure_runtime_in_fresh_process
-    runtimes = [
-        measure_row(e, backend, args.repeats, args.warmup, args.threads)
-        for e in args.engines
-        for backend in args.backends
-    ]
+    with reporting_errors():  # a row that fails (a backend this CPU lacks): one line, an exit code
+        runtimes = [
+            measure_row(e, backend, args.repeats, args.warmup, args.threads)
+            for e in args.engines
+            for backend in args.backends
+        ]
     peak = max(peak, peak_gflops())  # before and after: contention only lowers a reading
     result = {
         "model": manifest.model["source"],

@@ -28,7 +28,8 @@ import numpy as np
 
 from benchmarks.memory import PeakResident
 from benchmarks.stage_split import openvino_split, profiled_split
-from runtime.backends import OPENVINO_PRECISIONS
+from runtime.backends import BACKENDS, OPENVINO_PRECISIONS
+from runtime.cli import reporting_errors
 from runtime.fewshot import FewShotSegmenter
 from runtime.files import write_text
 from runtime.manifest import Manifest
@@ -129,7 +130,7 @@ def measure_runtime_in_fresh_process(
         if finished.returncode != 0:
             raise RuntimeError(
                 f"the runtime row for {engines} on {backend} failed in its process (exit {finished.returncode}); "
-                "its messages are above"
+                "its message is above"
             )
         return json.loads(out.read_text())
 
@@ -137,14 +138,15 @@ def measure_runtime_in_fresh_process(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", type=Path, required=True, help="one engine directory")
-    parser.add_argument("--backend", required=True, help="a runtime backend (runtime.backends)")
+    parser.add_argument("--backend", required=True, choices=BACKENDS, help="a runtime backend (runtime.backends)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, required=True, help="where the row is written")
     args = parser.parse_args(argv)
-    row = measure_runtime(args.engines, args.backend, args.repeats, args.warmup, args.threads)
-    write_text(args.json, json.dumps(row))
+    with reporting_errors():  # a bad engine directory or backend: one line, an exit code (runtime.cli)
+        row = measure_runtime(args.engines, args.backend, args.repeats, args.warmup, args.threads)
+        write_text(args.json, json.dumps(row))
     return 0
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from benchmarks import agreement, latency, query_sizes, repeatability, stage_split
-from runtime.cli import EXIT_ENGINES
+from runtime.cli import EXIT_BACKEND, EXIT_ENGINES
 from runtime.manifest import Manifest
 
 
@@ -81,3 +81,17 @@ def test_the_runtime_row_module_never_imports_torch():
     code = "import sys, benchmarks.latency_runtime; print('torch' in sys.modules)"
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert finished.stdout.strip() == "False"
+
+
+def test_a_runtime_row_that_fails_in_its_process_is_one_line_each_not_a_traceback(built, tmp_path, capfd):
+    _, engines = built  # built without TensorRT plans, which no machine here can make
+    out = tmp_path / "bench"
+    argv = ["--engines", str(engines), "--out", str(out), "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        latency.main(argv + ["--backends", "tensorrt"])
+    assert exit_info.value.code == EXIT_BACKEND
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert "Traceback" not in "\n".join(errors)
+    assert errors[-2].startswith(f"error: {engines} has no TensorRT plans")  # the row's own process
+    assert errors[-1].startswith(f"error: the runtime row for {engines} on tensorrt failed in its process")
+    assert not out.exists()
