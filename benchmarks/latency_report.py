@@ -90,7 +90,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Model: {result['model']} at {result['resolution']} px, 1 shot, {result['threads']} threads; "
         f"medians of {result['repeats']} after warm-up; fp32 matmul peak {result['peak_gflops']:.0f} GFLOP/s.",
-        # results written before the runtime rows had processes of their own measured them after torch
+        # results from before `runtime_process` was recorded were all measured in the benchmark's process
         f"Runtime rows measured in {result.get('runtime_process', 'the benchmark process, after the PyTorch rows')}.",
         "",
         "| row | support ms | query encode ms | query UNet ms | read-out ms | io ms | ms per query | speed-up | "
