@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import agreement, latency, query_sizes, repeatability, stage_split
+from benchmarks import agreement, latency, openvino_ops, query_sizes, repeatability, stage_split
 from runtime.cli import EXIT_BACKEND, EXIT_ENGINES
 from runtime.manifest import Manifest
 
@@ -95,3 +95,19 @@ def test_a_runtime_row_that_fails_in_its_process_is_one_line_each_not_a_tracebac
     assert errors[-2].startswith(f"error: {engines} has no TensorRT plans")  # the row's own process
     assert errors[-1].startswith(f"error: the runtime row for {engines} on tensorrt failed in its process")
     assert not out.exists()
+
+
+def test_openvino_ops_splits_both_compilations_by_node_kind(built, tmp_path):
+    _, engines = built
+    out = tmp_path / "ops"
+    argv = ["--engines", str(engines), "--precision", "f32", "--runs", "1", "--threads", "1", "--out", str(out)]
+    assert openvino_ops.main(argv) == 0
+    result = json.loads((out / "ops.json").read_text())
+    assert list(result["compilations"]) == list(openvino_ops.COMPILATIONS)
+    for compilation in result["compilations"].values():
+        kinds = compilation["node_kinds"]
+        assert sum(k["share"] for k in kinds.values()) == pytest.approx(1.0)
+        assert any(kind.startswith("Convolution/") for kind in kinds)  # the encoder, UNet and read-out convolve
+        assert compilation["median_ms"] > 0
+    with pytest.raises(SystemExit, match="--overwrite"):
+        openvino_ops.main(argv)

@@ -1,0 +1,133 @@
+"""Where OpenVINO spends a query graph's time, by kind of executed node, with its snippets off (the runtime's way) and on.
+
+    python -m benchmarks.openvino_ops --engines engines/sd21-random-mask_head --precision bf16 --threads 2 \\
+        --out benchmarks/results/openvino-ops-sd21-default-amx
+
+`benchmarks.latency` splits a query by stage (encoder, UNet, read-out); this splits it by what
+the CPU plugin executes: each node's type and kernel (`Convolution/brgconv_avx512_amx_bf16`,
+`Softmax/jit_avx512_bf16`, `Reorder/...` for the layout changes the plugin inserts), from its
+per-node counters (`PERF_COUNT`). The query graph is compiled twice, as the runtime compiles it
+(`runtime.openvino_graph.openvino_config`: snippets off in bf16) and with OpenVINO's snippets on
+(its fused attention and element-wise subgraphs, `Subgraph/...`), and both run the same feed
+interleaved: one held-out query at the model resolution against a 1-shot bank. Reported per
+compilation: median and worst wall ms over `--runs`, and the last run's time per node kind with
+what the counters add up to (on a large graph close to the wall time; on a tiny one with dynamic
+shapes they can add up to more, so read their shares there with care).
+Written: `ops.json` and `ops.md`, with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.machine import machine_line, machine_record
+from benchmarks.repeatability import episode
+from benchmarks.report import write_report
+from runtime.cli import refuse_to_overwrite, reporting_errors
+from runtime.fewshot import FewShotSegmenter
+from runtime.manifest import Manifest
+from runtime.openvino_graph import cpu_has_bf16, openvino_config
+from runtime.sections import QUERY_SEGMENTER
+
+COMPILATIONS = ("snippets off (the runtime)", "snippets on")
+
+
+def node_kind_ms(profiling_info) -> dict[str, float]:
+    """ms per `node type/kernel` of one run's per-node counters, largest first."""
+    totals = defaultdict(float)
+    for node in profiling_info:
+        totals[f"{node.node_type}/{node.exec_type}"] += 1000 * node.real_time.total_seconds()
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def measure(engines: Path, precision: str, runs: int, threads: int | None) -> dict:
+    import openvino as ov
+
+    manifest = Manifest.read(engines)
+    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime", threads=threads)  # the bank, in fp32
+    images, masks, query = episode(manifest.resolution, 1)
+    segmenter.set_support(images, masks)
+    feed = {"image": query, "threshold": np.array(segmenter.threshold, np.float32), **segmenter.bank}
+    core, path = ov.Core(), engines / manifest.graph(QUERY_SEGMENTER).file
+    requests = {}
+    for name in COMPILATIONS:
+        config = {**openvino_config(precision, threads), "PERF_COUNT": True}
+        if name == "snippets on":
+            config.pop("SNIPPETS_MODE", None)
+        requests[name] = core.compile_model(str(path), "CPU", config).create_infer_request()
+    times = {name: [] for name in COMPILATIONS}
+    for request in requests.values():
+        request.infer(feed)  # warm-up: the first run of a shape prepares its kernels
+    for _ in range(runs):
+        for name, request in requests.items():  # interleaved, so machine noise hits both alike
+            start = time.perf_counter()
+            request.infer(feed)
+            times[name].append(1000 * (time.perf_counter() - start))
+    compilations = {}
+    for name, request in requests.items():
+        kinds = node_kind_ms(request.profiling_info)
+        whole = sum(kinds.values()) or 1.0
+        compilations[name] = {
+            "median_ms": statistics.median(times[name]),
+            "max_ms": max(times[name]),
+            "counted_ms": sum(kinds.values()),
+            "node_kinds": {kind: {"ms": ms, "share": ms / whole} for kind, ms in kinds.items()},
+        }
+    return {
+        "engines": str(engines),
+        "precision": precision,
+        "runs": runs,
+        "threads": threads,
+        "machine": machine_record(threads),
+        "compilations": compilations,
+    }
+
+
+def markdown(result: dict, top: int = 12) -> str:
+    lines = [
+        f"OpenVINO {result['precision']} query graph of `{result['engines']}`, {result['runs']} interleaved runs per "
+        f"compilation after one warm-up; {machine_line(result['machine'])}.",
+        "",
+        "| compilation | median ms | worst ms | ms the counters add up to (last run) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, c in result["compilations"].items():
+        lines.append(f"| {name} | {c['median_ms']:.1f} | {c['max_ms']:.1f} | {c['counted_ms']:.1f} |")
+    for name, c in result["compilations"].items():
+        lines += ["", f"Time by node kind, {name} (the last run's counters, the {top} largest):", ""]
+        lines += ["| node type / kernel | ms | share |", "| --- | --- | --- |"]
+        for kind, k in list(c["node_kinds"].items())[:top]:
+            lines.append(f"| {kind} | {k['ms']:.1f} | {100 * k['share']:.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", type=Path, required=True)
+    parser.add_argument("--precision", choices=("bf16", "f32"), default="bf16")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: OpenVINO's)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for ops.json / ops.md")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    if args.out is not None:
+        refuse_to_overwrite([args.out / "ops.json", args.out / "ops.md"], args.overwrite)
+    with reporting_errors():  # a bad engine directory, or bf16 on a CPU without it: one line, an exit code
+        if args.precision == "bf16" and not cpu_has_bf16():
+            raise RuntimeError("this CPU has no bf16 instructions (AVX512-BF16 or AMX); use --precision f32")
+        result = measure(args.engines, args.precision, args.runs, args.threads)
+        print(markdown(result))
+        if args.out is not None:
+            write_report(args.out, "ops", result, markdown(result), overwrite=args.overwrite)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
