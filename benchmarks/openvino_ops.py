@@ -7,9 +7,9 @@
 the CPU plugin executes: each node's type and kernel (`Convolution/brgconv_avx512_amx_bf16`,
 `Softmax/jit_avx512_bf16`, `Reorder/...` for the layout changes the plugin inserts), from its
 per-node counters (`PERF_COUNT`). The query graph is compiled twice, as the runtime compiles it
-(`runtime.openvino_graph.openvino_config`: snippets off in bf16) and with OpenVINO's snippets on
-(its fused attention and element-wise subgraphs, `Subgraph/...`), and both run the same feed
-interleaved: one held-out query at the model resolution against a 1-shot bank. Reported per
+(`runtime.openvino_graph.openvino_config`) with OpenVINO's snippets off, as the runtime has them
+in bf16, and with them on (its fused attention and element-wise subgraphs, `Subgraph/...`); both
+run the same feed interleaved: one held-out query at the model resolution against a 1-shot bank. Reported per
 compilation: median and worst wall ms over `--runs`, and the last run's time per node kind with
 what the counters add up to (on a large graph close to the wall time; on a tiny one with dynamic
 shapes they can add up to more, so read their shares there with care).
@@ -28,15 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import machine_line, machine_record
-from benchmarks.repeatability import episode
+from benchmarks.repeatability import bank_and_query, snippet_requests
 from benchmarks.report import write_report
 from runtime.cli import refuse_to_overwrite, reporting_errors
-from runtime.fewshot import FewShotSegmenter
-from runtime.manifest import Manifest
-from runtime.openvino_graph import cpu_has_bf16, openvino_config
-from runtime.sections import QUERY_SEGMENTER
+from runtime.openvino_graph import cpu_has_bf16
 
-COMPILATIONS = ("snippets off (the runtime)", "snippets on")
+# name -> snippets off? The runtime compiles bf16 graphs with them off (runtime.openvino_graph).
+COMPILATIONS = {"snippets off (the runtime)": True, "snippets on": False}
 
 
 def node_kind_ms(profiling_info) -> dict[str, float]:
@@ -48,20 +46,9 @@ def node_kind_ms(profiling_info) -> dict[str, float]:
 
 
 def measure(engines: Path, precision: str, runs: int, threads: int | None) -> dict:
-    import openvino as ov
-
-    manifest = Manifest.read(engines)
-    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime", threads=threads)  # the bank, in fp32
-    images, masks, query = episode(manifest.resolution, 1)
-    segmenter.set_support(images, masks)
+    segmenter, query = bank_and_query(engines, threads)
     feed = {"image": query, "threshold": np.array(segmenter.threshold, np.float32), **segmenter.bank}
-    core, path = ov.Core(), engines / manifest.graph(QUERY_SEGMENTER).file
-    requests = {}
-    for name in COMPILATIONS:
-        config = {**openvino_config(precision, threads), "PERF_COUNT": True}
-        if name == "snippets on":
-            config.pop("SNIPPETS_MODE", None)
-        requests[name] = core.compile_model(str(path), "CPU", config).create_infer_request()
+    requests = snippet_requests(engines, precision, threads, COMPILATIONS, perf_count=True)
     times = {name: [] for name in COMPILATIONS}
     for request in requests.values():
         request.infer(feed)  # warm-up: the first run of a shape prepares its kernels

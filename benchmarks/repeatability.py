@@ -37,21 +37,36 @@ def episode(side: int, shots: int) -> tuple[list[np.ndarray], list[np.ndarray], 
     return ep.support_images, ep.support_masks, ep.query_image
 
 
-def measure(engines: Path, precision: str, sizes: list[tuple[int, int]], runs: int, threads: int | None) -> dict:
+def bank_and_query(engines: Path, threads: int | None) -> tuple[FewShotSegmenter, np.ndarray]:
+    """A segmenter holding the fp32 bank (onnxruntime) of a held-out 1-shot support, and a held-out query at the model side."""
+    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime", threads=threads)
+    images, masks, query = episode(segmenter.manifest.resolution, 1)
+    segmenter.set_support(images, masks)
+    return segmenter, query
+
+
+def snippet_requests(
+    engines: Path, precision: str, threads: int | None, settings: dict[str, bool], perf_count: bool = False
+) -> dict:
+    """An OpenVINO infer request of the query graph per setting (name -> snippets off?), each compiled
+    as the runtime compiles it (`openvino_config`) but for OpenVINO's snippets."""
     import openvino as ov
 
-    manifest = Manifest.read(engines)
-    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime", threads=threads)  # the bank, in fp32
-    images, masks, query = episode(manifest.resolution, 1)
-    segmenter.set_support(images, masks)
-    core = ov.Core()
-    compiled = {}
-    for name, snippets_off in SETTINGS.items():
+    core, path = ov.Core(), engines / Manifest.read(engines).graph(QUERY_SEGMENTER).file
+    requests = {}
+    for name, snippets_off in settings.items():
         config = {k: v for k, v in openvino_config(precision, threads).items() if k != "SNIPPETS_MODE"}
         if snippets_off:
             config["SNIPPETS_MODE"] = "DISABLE"
-        model = core.read_model(str(engines / manifest.graph(QUERY_SEGMENTER).file))
-        compiled[name] = core.compile_model(model, "CPU", config).create_infer_request()
+        if perf_count:
+            config["PERF_COUNT"] = True
+        requests[name] = core.compile_model(str(path), "CPU", config).create_infer_request()
+    return requests
+
+
+def measure(engines: Path, precision: str, sizes: list[tuple[int, int]], runs: int, threads: int | None) -> dict:
+    segmenter, query = bank_and_query(engines, threads)
+    compiled = snippet_requests(engines, precision, threads, SETTINGS)
     rows = []
     for height, width in sizes:
         feed = {"image": resize_array(query, width, height), "threshold": np.array(0.25, np.float32), **segmenter.bank}
@@ -78,7 +93,7 @@ def measure(engines: Path, precision: str, sizes: list[tuple[int, int]], runs: i
             print(rows[-1], flush=True)
     return {
         "engines": str(engines),
-        "resolution": manifest.resolution,
+        "resolution": segmenter.manifest.resolution,
         "precision": precision,
         "threads": threads,
         "runs": runs,

@@ -109,5 +109,9 @@ def test_openvino_ops_splits_both_compilations_by_node_kind(built, tmp_path):
         assert sum(k["share"] for k in kinds.values()) == pytest.approx(1.0)
         assert any(kind.startswith("Convolution/") for kind in kinds)  # the encoder, UNet and read-out convolve
         assert compilation["median_ms"] > 0
+    # Snippets off, OpenVINO runs no fused subgraph; on, it fuses some (the attention at least).
+    off, on = (result["compilations"][name]["node_kinds"] for name in openvino_ops.COMPILATIONS)
+    assert not any(kind.startswith("Subgraph/") for kind in off)
+    assert any(kind.startswith("Subgraph/") for kind in on)
     with pytest.raises(SystemExit, match="--overwrite"):
         openvino_ops.main(argv)
