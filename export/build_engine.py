@@ -43,6 +43,7 @@ DIFFEWS_ONLY = {
     "--selection-budget": "selection_budget",
     "--selection-seed": "selection_seed",
     "--query-batch": "query_batch",
+    "--attention-block": "attention_block",
 }
 SLIME_ONLY = {
     "--base-path": "base_path",
@@ -127,6 +128,14 @@ def parser() -> argparse.ArgumentParser:
         "else 1); the query graph takes at most this many shots",
     )
     diffews.add_argument("--selection-seed", type=int, default=None, help="seed of the uniform rule (0)")
+    diffews.add_argument(
+        "--attention-block",
+        type=int,
+        default=None,
+        help="queries per block in the graphs' self-attention: the same attention, with one block's scores "
+        "written at a time so that they stay in the CPU's cache; 0: all queries at once. Default: 256 "
+        "(docs/benchmarks.md, blocked attention)",
+    )
     diffews.add_argument(
         "--query-batch",
         type=int,

@@ -42,6 +42,7 @@ from export.parity import ParityRow, compare_outputs, summarise
 from export.profile_parts import check_part_names, choose_parts
 from modeling.diffews import DiffewsModel
 from modeling.diffews_folder import load_diffews, model_hash, read_config
+from modeling.kv_fusion import check_query_block
 from modeling.presets import PRETRAINED_DIR, RANDOM_ARCHS, random_diffews
 from runtime.contract import GraphSpec
 from runtime.manifest import Manifest
@@ -54,6 +55,11 @@ from segdata.samples import held_out_episodes
 
 DEFAULT_MODEL = PRETRAINED_DIR / "synth-diffews"
 MAX_PARITY_EPISODES = 3  # the model size, a wider and a taller one
+# Queries per self-attention block. At SD 2.1's largest layer (4096 queries) OpenVINO bf16 on an
+# Intel Xeon with AMX took 138 ms unblocked, 106 / 107 ms in blocks of 512 / 256 with one shot,
+# and 363 / 345 / 317 ms with five (blocks of 256 were best or nearly so at every shot count);
+# layers of 1024 queries or fewer gain a few percent (docs/benchmarks.md, blocked attention).
+DEFAULT_ATTENTION_BLOCK = 256
 
 
 def build_diffews(
@@ -78,6 +84,7 @@ def build_diffews(
     selection_budget: int | None = None,
     selection_seed: int = 0,
     query_batch: int = 0,
+    attention_block: int = DEFAULT_ATTENTION_BLOCK,
 ) -> Path:
     """Builds the engine directory `out` from a DiffewS model; returns its path.
 
@@ -114,12 +121,16 @@ def build_diffews(
         query_batch: also build `query_batch_segmenter`, the query graph taking 1 to `query_batch`
             queries of one size per run (0: not built). It holds its own copy of the query
             graph's weights, on disk and in memory.
+        attention_block: queries per block in the self-attention of both graphs (0: all at once).
+            The same attention (each query's softmax is its own); blocks keep the scores of one
+            block, not all of them, in the CPU's cache. Recorded in the manifest.
     Raises:
         ValueError: an argument out of range; `ParityError` when a graph misses its tolerance;
         `ModelFolderError` for a missing model; `runtime.files.OutputError` when `out` cannot be written.
     """
     _check_arguments(max_shots, resolution, min_side, max_side, parity_episodes, optimize, tensorrt, query_batch)
     check_part_names(profile, readout, query_encoder)
+    check_query_block(attention_block)
     SupportSelection(selection, 1 if selection_budget is None else selection_budget, selection_seed)  # before the load
     if model is not None and random_arch is not None:
         raise ValueError("give a model folder or random_arch, not both: random weights replace the model's")
@@ -131,10 +142,11 @@ def build_diffews(
     support_selection = SupportSelection(selection, budget, selection_seed)
     if resolution:
         diffews.resolution = resolution
+    diffews.fusion.query_block = attention_block
     readout, query_encoder, profile = choose_parts(profile, readout, query_encoder, diffews)
     log(
         f"loaded {source['source']} (resolution {diffews.resolution}); profile {profile}: read-out {readout}, "
-        f"query encoder {query_encoder}; support selection: "
+        f"query encoder {query_encoder}; attention in blocks of {attention_block or 'all'} queries; support selection: "
         f"{support_selection.describe()}"
     )
     layers = fused_layers(diffews)
@@ -167,7 +179,13 @@ def build_diffews(
                 for name, path in graphs.items()
             },
             diffews=DiffewsSection(
-                model_readout(diffews, readout), max_shots, tuple(layers), support_selection, query_encoder, profile
+                model_readout(diffews, readout),
+                max_shots,
+                tuple(layers),
+                support_selection,
+                query_encoder,
+                profile,
+                attention_block,
             ),
             parity=[r.to_json() for r in summarise(rows)],
             producer=producer_versions(),

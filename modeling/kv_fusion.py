@@ -16,6 +16,10 @@ function of (support image, support mask, weights) and can be cached, exported a
 and reused. Two implementations of the attention product are selectable: "sdpa"
 (`F.scaled_dot_product_attention`, fastest in training) and "matmul" (explicit
 MatMul-Softmax-MatMul, the pattern ONNX Runtime and TensorRT fuse); a test shows them equal.
+"matmul" can also run the queries in blocks (`query_block`): the same attention, since each
+query's softmax is its own, but the exported graph then writes one block's scores at a time
+instead of all of them (5 x 4096 x 8192 at SD 2.1's largest layer with one shot), which stay in
+the CPU's cache (`export.build_engine --attention-block`).
 """
 
 from __future__ import annotations
@@ -109,6 +113,15 @@ class KVBank:
         return KVBank({n: fn(t) for n, t in self.keys.items()}, {n: fn(t) for n, t in self.values.items()}, self.shots)
 
 
+def check_query_block(query_block: int) -> int:
+    """The queries per attention block, 0 (unblocked) or a positive integer."""
+    if isinstance(query_block, bool) or not isinstance(query_block, int) or query_block < 0:
+        raise ValueError(
+            f"the attention's query block must be 0 (all queries at once) or a positive integer, got {query_block!r}"
+        )
+    return query_block
+
+
 class _BankComplete(Exception):
     """Raised after the last fused layer has recorded, to skip the rest of the support stream."""
 
@@ -126,11 +139,16 @@ def fused_layer_names(unet: UNet2DConditionModel) -> list[str]:
     return sorted(names, key=lambda n: _STAGE_ORDER.get(n.split(".")[0], 3))  # stable within a stage
 
 
-def attention(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, implementation: str) -> torch.Tensor:
+def attention(
+    attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, implementation: str, query_block: int = 0
+) -> torch.Tensor:
     """Multi-head attention of (B, Nq, C) queries over (B, Nk, C) keys and values -> (B, Nq, C).
 
     Uses the layer's heads, softmax scale (1 / sqrt(head dim)) and its upcast flags (SD 2.1 sets
     `upcast_attention`, which keeps Q K^T and the softmax in fp32 under half precision).
+    query_block: "matmul" only: queries per block (0: all at once). Applied where Nq is a fixed
+    number larger than the block (always inside the exported graphs, which resize to the model
+    resolution first); a symbolic Nq runs unblocked rather than make the export guard on it.
     """
     b, n_q, c = query.shape
     heads = attn.heads
@@ -143,14 +161,22 @@ def attention(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     elif implementation == "matmul":
         if attn.upcast_attention:
             q, k = q.float(), k.float()
-        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [B, H, Nq, Nk]
-        if attn.upcast_softmax:
-            scores = scores.float()
-        probs = scores.softmax(dim=-1).to(v.dtype)
-        out = torch.matmul(probs, v)
+        n = q.shape[2]
+        if query_block and isinstance(n, int) and n > query_block:
+            out = torch.cat([_matmul_attention(attn, block, k, v) for block in q.split(query_block, dim=2)], dim=2)
+        else:
+            out = _matmul_attention(attn, q, k, v)
     else:
         raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
     return out.to(dtype).transpose(1, 2).reshape(b, n_q, c)
+
+
+def _matmul_attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale) v for [B, H, n, d] queries and [B, H, Nk, d] keys and values -> [B, H, n, d]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scale  # [B, H, n, Nk]
+    if attn.upcast_softmax:
+        scores = scores.float()
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
 class KVFusionProcessor:
@@ -181,7 +207,7 @@ class KVFusionProcessor:
             key = torch.cat([key, bank_key], dim=1)  # [B, N + S*N, C]: query tokens first
             value = torch.cat([value, bank_value], dim=1)
 
-        hidden_states = attention(attn, query, key, value, fusion.implementation)
+        hidden_states = attention(attn, query, key, value, fusion.implementation, query_block=fusion.query_block)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(b, c, h, w)
@@ -205,12 +231,14 @@ class KVFusion:
     Args:
         unet: the UNet to modify in place.
         implementation: "sdpa" or "matmul" (see the module docstring).
+        query_block: with "matmul", the queries per attention block (0: all at once); the same result.
     """
 
-    def __init__(self, unet: UNet2DConditionModel, implementation: str = "sdpa"):
+    def __init__(self, unet: UNet2DConditionModel, implementation: str = "sdpa", query_block: int = 0):
         if implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
         self.implementation = implementation
+        self.query_block = check_query_block(query_block)
         self.layer_names = fused_layer_names(unet)
         if not self.layer_names:
             raise ValueError("this UNet has no self-attention layers to fuse")

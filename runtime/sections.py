@@ -83,6 +83,9 @@ class DiffewsSection:
             or "distilled" (a small encoder trained to give the VAE's latent).
         profile: the build's trade-off (`runtime.profiles`): "exact", "default", "fast" or
             "custom" (also what engines built before profiles read as).
+        attention_block: queries per block in the graphs' self-attention (0: all at once, also what
+            engines built before blocks read as). Informative: the graphs' inputs and outputs and
+            their meaning do not depend on it.
     """
 
     readout: Readout
@@ -91,6 +94,7 @@ class DiffewsSection:
     selection: SupportSelection = SupportSelection()
     query_encoder: str = "vae"
     profile: str = "custom"
+    attention_block: int = 0
 
     @property
     def bank_names(self) -> list[str]:
@@ -110,6 +114,7 @@ class DiffewsSection:
             "support_selection": self.selection.to_json(),
             "query_encoder": self.query_encoder,
             "profile": self.profile,
+            "attention_query_block": self.attention_block,
         }
 
     @classmethod
@@ -122,6 +127,7 @@ class DiffewsSection:
             SupportSelection.from_json(data.get("support_selection")),  # absent: every token (built before it)
             data.get("query_encoder", "vae"),  # absent: built before there was a choice
             data.get("profile", "custom"),
+            int(data.get("attention_query_block", 0)),
         )
 
 

@@ -253,3 +253,36 @@ def test_the_support_graph_resizes_the_mask_by_its_own_shape(built):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     shifted = session.run({"image": image, "mask": np.roll(mask, 20, axis=1)})
     assert not np.allclose(shifted[0], want[0], atol=1e-4)  # the bank does depend on where the mask is
+
+
+def test_attention_in_query_blocks_exports_the_same_segmenter(built, episodes, tmp_path):
+    """--attention-block 24 splits the tiny model's 64-query self-attention into three blocks: more
+    softmaxes in the graph, the manifest says so, parity passes and the masks stay the PyTorch pipeline's."""
+    folder, unblocked = built
+    engines = tmp_path / "blocked"
+    common = ["--model", str(folder), "--max-shots", "2", "--parity-episodes", "1", "--selection", "all"]
+    with pytest.raises(SystemExit, match="query block must be 0"):
+        build_engine.main([*common, "--out", str(engines), "--attention-block", "-1"])
+    assert not engines.exists()
+    build_engine.main([*common, "--out", str(engines), "--attention-block", "24"])
+    manifest = Manifest.read(engines)
+    assert manifest.diffews.attention_block == 24 and Manifest.read(unblocked).diffews.attention_block == 256
+    assert all(row["passed"] for row in manifest.parity)
+
+    def softmaxes(directory):
+        graph = onnx.load(str(directory / Manifest.read(directory).graph(QUERY_SEGMENTER).file))
+        return sum(node.op_type == "Softmax" for node in graph.graph.node)
+
+    assert softmaxes(engines) > softmaxes(unblocked)  # 256 is more than the tiny model's 64 queries: unblocked
+    model = load_diffews(folder)  # PyTorch's own attention (sdpa), unblocked
+    segmenter = FewShotSegmenter.from_dir(engines, backend="onnxruntime")
+    for episode in episodes[:2]:
+        for shots in (1, 2):
+            supports, masks = (
+                episode.support_images[:shots],
+                [m.astype(np.uint8) for m in episode.support_masks[:shots]],
+            )
+            segmenter.set_support(supports, masks)
+            bank = model.bank_from_pixels(np.stack(supports)[None], np.stack(masks)[None])
+            want = model.segment(episode.query_image[None], bank)[0]
+            assert mask_iou(segmenter.segment(episode.query_image) > 0, want) >= 0.99

@@ -121,9 +121,9 @@ def test_query_reads_own_tokens_first_then_supports_in_order(unet, monkeypatch):
     seen = {}
     real_attention = kv_fusion.attention
 
-    def spy(attn, query, key, value, implementation):
+    def spy(attn, query, key, value, implementation, **options):
         seen.setdefault("key", key)
-        return real_attention(attn, query, key, value, implementation)
+        return real_attention(attn, query, key, value, implementation, **options)
 
     monkeypatch.setattr(kv_fusion, "attention", spy)
     with torch.no_grad(), fusion.reading(KVBank.concat(shots)):
@@ -225,3 +225,41 @@ def test_processors_survive_a_round_trip_through_set_attn_processor(unet):
             after = unet(z, 1, encoder_hidden_states=context).sample
     torch.testing.assert_close(after, before)
     assert not torch.allclose(plain, before)  # the bank mattered, so the round trip was tested
+
+
+def test_attention_in_query_blocks_gives_the_unblocked_result(unet, monkeypatch):
+    """Blocks of 24 of the 64 queries at the latent size (24, 24, 16): the same support bank and query output."""
+    z, context = _inputs(batch=2)
+    support = torch.randn(2, 4, 8, 8)
+    block_calls = []
+    real_block = kv_fusion._matmul_attention
+
+    def counting(attn, q, k, v):
+        block_calls.append(q.shape[2])
+        return real_block(attn, q, k, v)
+
+    monkeypatch.setattr(kv_fusion, "_matmul_attention", counting)
+    results = {}
+    calls = {}
+    for implementation, block in (("sdpa", 0), ("matmul", 0), ("matmul", 24)):
+        block_calls.clear()
+        net = copy.deepcopy(unet)
+        fusion = KVFusion(net, implementation, query_block=block)
+        with torch.no_grad():
+            bank = fusion.record_bank(lambda net=net: net(support, 1, encoder_hidden_states=context), 1)
+            with fusion.reading(bank):
+                results[(implementation, block)] = (bank, net(z, 1, encoder_hidden_states=context).sample)
+        calls[block] = sorted(set(block_calls))
+    assert 64 in calls[0] and 64 not in calls[24] and 24 in calls[24]  # the 64-query layers ran in blocks
+    reference_bank, reference = results[("sdpa", 0)]
+    for key in (("matmul", 0), ("matmul", 24)):
+        bank, out = results[key]
+        torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+        for name in reference_bank.layer_names:
+            torch.testing.assert_close(bank.keys[name], reference_bank.keys[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [-1, 2.5, True, "256"])
+def test_a_bad_query_block_is_refused(unet, block):
+    with pytest.raises(ValueError, match="query block"):
+        KVFusion(unet, "matmul", query_block=block)
