@@ -35,13 +35,23 @@ def _row(
     }
 
 
+def _block_suffix(runtime: dict, runtimes: list[dict]) -> str:
+    """Names the attention blocks of a row's engines where the run has engines of different blocks."""
+    blocks = {r.get("attention_block", 0) for r in runtimes}  # results from before blocks: unblocked
+    if len(blocks) == 1:
+        return ""
+    block = runtime.get("attention_block", 0)
+    return f", attention in blocks of {block}" if block else ", attention unblocked"
+
+
 def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[dict], peak: float) -> list[dict]:
     """The table's rows: per-stage medians, per-query totals, ratios to `reference`, FLOP use, peak memory.
 
     Args:
         torch_mb: peak extra resident memory per PyTorch stage; a row's figure is its largest stage.
         runtimes: per engine directory and backend, `measure_runtime`'s result (with its "backend",
-            "decoder" ("vae", "mask_head" or "mask_decoder") and "query_encoder" ("vae" or "distilled")).
+            "decoder" ("vae", "mask_head" or "mask_decoder"), "query_encoder" ("vae" or "distilled") and
+            "attention_block", named in the rows where engines of several blocks were measured).
     """
 
     def median(t):
@@ -78,7 +88,7 @@ def assemble(torch_ms: dict, torch_flops: dict, torch_mb: dict, runtimes: list[d
         stage, suffix = READOUT_ROWS[runtime["decoder"]]
         encode_stage, encode_suffix = ENCODER_ROWS[runtime.get("query_encoder", "vae")]
         flops = torch_flops[encode_stage] + torch_flops["query_unet"] + torch_flops[stage]
-        name = runtime["backend"] + suffix + encode_suffix
+        name = runtime["backend"] + suffix + encode_suffix + _block_suffix(runtime, runtimes)
         once, memory = median(runtime["support"]), runtime["query"]["peak_extra_mb"]
         rows.append(_row(name, stages, once, flops, reference_ms, peak, memory))
         rows[-1]["spread_ms"] = {"support": runtime["support"], "query": runtime["query"]}

@@ -109,6 +109,7 @@ def measure_runtime(engines: Path, backend: str, repeats: int, warmup: int, thre
         "backend": backend,
         "decoder": decoder,
         "query_encoder": encoder,
+        "attention_block": diffews.attention_block,
         "support": support,
         "query": query,
         "split": split,

@@ -115,3 +115,12 @@ def test_openvino_ops_splits_both_compilations_by_node_kind(built, tmp_path):
     assert any(kind.startswith("Subgraph/") for kind in on)
     with pytest.raises(SystemExit, match="--overwrite"):
         openvino_ops.main(argv)
+
+
+def test_rows_name_the_attention_blocks_only_where_a_run_compares_them():
+    from benchmarks.latency_report import _block_suffix
+
+    blocked, unblocked, old = {"attention_block": 256}, {"attention_block": 0}, {}
+    assert _block_suffix(blocked, [blocked]) == "" and _block_suffix(old, [old, unblocked]) == ""
+    assert _block_suffix(blocked, [blocked, old]) == ", attention in blocks of 256"
+    assert _block_suffix(old, [blocked, old]) == ", attention unblocked"  # recorded before blocks: unblocked
