@@ -234,9 +234,9 @@ def test_attention_in_query_blocks_gives_the_unblocked_result(unet, monkeypatch)
     block_calls = []
     real_block = kv_fusion._matmul_attention
 
-    def counting(attn, q, k, v):
+    def counting(attn, q, k, v, **options):
         block_calls.append(q.shape[2])
-        return real_block(attn, q, k, v)
+        return real_block(attn, q, k, v, **options)
 
     monkeypatch.setattr(kv_fusion, "_matmul_attention", counting)
     results = {}

@@ -124,3 +124,21 @@ def test_rows_name_the_attention_blocks_only_where_a_run_compares_them():
     assert _block_suffix(blocked, [blocked]) == "" and _block_suffix(old, [old, unblocked]) == ""
     assert _block_suffix(blocked, [blocked, old]) == ", attention in blocks of 256"
     assert _block_suffix(old, [blocked, old]) == ", attention unblocked"  # recorded before blocks: unblocked
+
+
+def test_openvino_ops_compares_builds_of_one_model_interleaved(built, shipped_engines, tmp_path, capsys):
+    import shutil
+
+    _, engines = built
+    copy = tmp_path / "copy"
+    shutil.copytree(engines, copy)
+    out = tmp_path / "ops"
+    argv = ["--precision", "f32", "--runs", "1", "--threads", "1", "--snippets", "off", "--out", str(out)]
+    assert openvino_ops.main(["--engines", str(engines), str(copy), *argv]) == 0
+    result = json.loads((out / "ops.json").read_text())
+    assert list(result["compilations"]) == [f"{e}, snippets off (the runtime)" for e in (engines, copy)]
+    assert all(not any(k.startswith("Subgraph/") for k in c["node_kinds"]) for c in result["compilations"].values())
+    for others, message in (([shipped_engines], "another model"), ([engines], "named twice")):
+        with pytest.raises(SystemExit) as exit_info:
+            openvino_ops.main(["--engines", str(engines), *map(str, others), *argv[:-2]])
+        assert exit_info.value.code != 0 and message in capsys.readouterr().err
