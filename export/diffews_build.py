@@ -55,10 +55,10 @@ from segdata.samples import held_out_episodes
 
 DEFAULT_MODEL = PRETRAINED_DIR / "synth-diffews"
 MAX_PARITY_EPISODES = 3  # the model size, a wider and a taller one
-# Queries per self-attention block. At SD 2.1's largest layer (4096 queries) OpenVINO bf16 on an
-# Intel Xeon with AMX took 138 ms unblocked, 106 / 107 ms in blocks of 512 / 256 with one shot,
-# and 363 / 345 / 317 ms with five (blocks of 256 were best or nearly so at every shot count);
-# layers of 1024 queries or fewer gain a few percent (docs/benchmarks.md, blocked attention).
+# Queries per self-attention block. On SD 2.1's largest layer (4096 queries over 8192 keys, one
+# shot; 24576 with five) blocks of 256 were best or nearly so among 128 to 1024 in OpenVINO bf16
+# on an Intel Xeon with AMX; what they buy per query is measured on whole graphs in
+# docs/benchmarks.md (blocked attention). Layers of 256 queries or fewer are not split.
 DEFAULT_ATTENTION_BLOCK = 256
 
 
