@@ -164,7 +164,7 @@ def attention(
         n = q.shape[2]
         if query_block and isinstance(n, int) and n > query_block:
             # Scaled once on the queries: OpenVINO moves a scale after Q K^T onto K, which every block
-            # would then scale again (36 ms per SD 2.1 query, benchmarks.openvino_ops).
+            # would then scale again (seen as PowerStatic nodes in benchmarks.openvino_ops).
             blocks = (q * attn.scale).split(query_block, dim=2)
             out = torch.cat([_matmul_attention(attn, block, k, v, scaled=True) for block in blocks], dim=2)
         else:

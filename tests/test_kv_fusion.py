@@ -249,8 +249,9 @@ def test_attention_in_query_blocks_gives_the_unblocked_result(unet, monkeypatch)
             bank = fusion.record_bank(lambda net=net: net(support, 1, encoder_hidden_states=context), 1)
             with fusion.reading(bank):
                 results[(implementation, block)] = (bank, net(z, 1, encoder_hidden_states=context).sample)
-        calls[block] = sorted(set(block_calls))
-    assert 64 in calls[0] and 64 not in calls[24] and 24 in calls[24]  # the 64-query layers ran in blocks
+        calls[(implementation, block)] = set(block_calls)
+    assert not calls[("sdpa", 0)] and 64 in calls[("matmul", 0)]
+    assert 64 not in calls[("matmul", 24)] and 24 in calls[("matmul", 24)]  # the 64-query layers ran in blocks
     reference_bank, reference = results[("sdpa", 0)]
     for key in (("matmul", 0), ("matmul", 24)):
         bank, out = results[key]
